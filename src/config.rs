@@ -1,0 +1,697 @@
+//! Configuration: the file < `APP_*` environment < command-line flags, validated into `Settings`.
+//!
+//! Loading happens in two steps (STYLE §8): each source is deserialized on its own into
+//! [`RawConfig`] (so an unknown key or a wrong type is reported against the source that holds it),
+//! then the merged result is turned into [`Settings`] with real types. Nothing here reads the
+//! process environment: callers pass it in as a map, which keeps every rule unit-testable.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Where the daemon reads its configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/app/app.toml";
+
+/// Default socket for root; other users get `$XDG_RUNTIME_DIR/app.sock`.
+pub const DEFAULT_ROOT_SOCKET: &str = "/run/app.sock";
+
+/// Largest accepted `limits.max_line_bytes`: a line is buffered whole before it is split, so this
+/// bounds per-connection memory.
+const MAX_LINE_BYTES_CEILING: usize = 64 << 20;
+
+/// The file as written. Every field is optional: a missing one takes its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    socket: RawSocket,
+    journal: RawJournal,
+    protocol: RawProtocol,
+    limits: RawLimits,
+    service: RawService,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSocket {
+    path: Option<PathBuf>,
+    mode: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawJournal {
+    sink: Option<String>,
+    identifier: Option<String>,
+    default_priority: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProtocol {
+    flush_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_line_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    rate_limit_interval: Option<String>,
+    rate_limit_burst: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawService {
+    idle_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Where client messages go (`journal.sink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The journal when its socket exists, else stdout.
+    Auto,
+    /// Always the journal.
+    Journal,
+    /// Always stdout, one line per message.
+    Stdout,
+}
+
+/// Validated, effective settings. Serializes back to the file format for `app check-config`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub socket: SocketSettings,
+    pub journal: JournalSettings,
+    pub protocol: ProtocolSettings,
+    pub limits: Limits,
+    pub service: ServiceSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SocketSettings {
+    pub path: PathBuf,
+    #[serde(serialize_with = "ser_mode")]
+    pub mode: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalSettings {
+    pub sink: SinkKind,
+    pub identifier: String,
+    pub default_priority: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProtocolSettings {
+    #[serde(with = "humantime_serde")]
+    pub flush_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    pub max_line_bytes: NonZeroUsize,
+    pub max_connections: NonZeroUsize,
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_interval: Duration,
+    pub rate_limit_burst: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceSettings {
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub log_level: String,
+}
+
+fn ser_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+impl Settings {
+    /// The effective settings as TOML, as `app check-config` prints them.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings always serialize")
+    }
+}
+
+/// Which configuration file to read.
+#[derive(Debug, Clone)]
+pub enum ConfigFile {
+    /// The default path: a missing file is normal.
+    Default(PathBuf),
+    /// Named on the command line: it must exist.
+    Explicit(PathBuf),
+}
+
+impl ConfigFile {
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigFile::Default(p) | ConfigFile::Explicit(p) => p,
+        }
+    }
+}
+
+/// Values given as command-line flags: the top layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub socket_path: Option<PathBuf>,
+    pub sink: Option<SinkKind>,
+    pub log_level: Option<String>,
+}
+
+/// Everything `load` needs from the outside world.
+#[derive(Debug, Clone)]
+pub struct Sources<'a> {
+    pub file: ConfigFile,
+    /// The process environment (only `APP_*` and `XDG_RUNTIME_DIR` are looked at).
+    pub env: &'a HashMap<String, String>,
+    pub overrides: Overrides,
+    /// Effective uid: decides the default socket path.
+    pub euid: u32,
+}
+
+/// Reads, merges and validates every layer.
+pub fn load(sources: &Sources<'_>) -> Result<Settings, Error> {
+    let file_text = read_file(&sources.file)?;
+    let origin = sources.file.path().display().to_string();
+
+    // Each layer alone first, so that an error names the layer it comes from.
+    let file_layer = file_text
+        .as_deref()
+        .map(|text| config::File::from_str(text, config::FileFormat::Toml));
+    if let Some(layer) = &file_layer {
+        deserialize(std::slice::from_ref(layer), &origin)?;
+    }
+    let env: HashMap<String, String> = sources
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with("APP_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let env_layer = config::Environment::with_prefix("APP")
+        .prefix_separator("_")
+        .separator("__")
+        // Values stay strings: `try_parsing(true)` would turn a mode of "0660" into 660.
+        .source(Some(env.into_iter().collect()));
+    deserialize(std::slice::from_ref(&env_layer), "environment")?;
+
+    let mut builder = config::Config::builder();
+    if let Some(layer) = file_layer {
+        builder = builder.add_source(layer);
+    }
+    let raw = deserialize_builder(builder.add_source(env_layer), &origin)?;
+    validate(raw, sources)
+}
+
+fn read_file(file: &ConfigFile) -> Result<Option<String>, Error> {
+    match (std::fs::read_to_string(file.path()), file) {
+        (Ok(text), _) => Ok(Some(text)),
+        (Err(e), ConfigFile::Default(_)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        (Err(e), _) => Err(Error::Config(format!("{}: {e}", file.path().display()))),
+    }
+}
+
+fn deserialize<S>(layers: &[S], origin: &str) -> Result<RawConfig, Error>
+where
+    S: config::Source + Clone + Send + Sync + 'static,
+{
+    let mut builder = config::Config::builder();
+    for layer in layers {
+        builder = builder.add_source(layer.clone());
+    }
+    deserialize_builder(builder, origin)
+}
+
+fn deserialize_builder(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    origin: &str,
+) -> Result<RawConfig, Error> {
+    builder
+        .build()
+        .and_then(|c| c.try_deserialize::<RawConfig>())
+        .map_err(|e| Error::Config(format!("{origin}: {}", describe(e))))
+}
+
+/// Renders a `config` error without the crate's own (relative, duplicated) origin suffix.
+fn describe(e: config::ConfigError) -> String {
+    match e {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => format!("{key}: expected {expected}, found {unexpected}"),
+        config::ConfigError::FileParse { cause, .. } => cause.to_string().trim_end().to_owned(),
+        other => {
+            let text = other.to_string();
+            // "unknown field `x`, expected ... for key `limits`" → "limits.x: unknown key (expected ...)"
+            match parse_unknown_field(&text) {
+                Some((key, rest)) => format!("{key}: unknown key ({rest})"),
+                None => text,
+            }
+        }
+    }
+}
+
+fn parse_unknown_field(text: &str) -> Option<(String, String)> {
+    let rest = text.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let rest = rest.trim_start_matches(", ");
+    let (expected, section) = match rest.rsplit_once(" for key `") {
+        Some((expected, section)) => (expected, section.trim_end_matches('`')),
+        None => (rest, ""),
+    };
+    let key = if section.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{section}.{field}")
+    };
+    Some((key, expected.to_owned()))
+}
+
+fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
+    let bad = |key: &str, msg: String| Error::Config(format!("{key}: {msg}"));
+    let RawConfig {
+        socket,
+        journal,
+        protocol,
+        limits,
+        service,
+    } = raw;
+
+    let path = match (&sources.overrides.socket_path, socket.path) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p,
+        (None, None) => default_socket_path(sources.euid, sources.env)?,
+    };
+    let mode = match socket.mode {
+        Some(m) => parse_mode(&m).map_err(|msg| bad("socket.mode", msg))?,
+        None => 0o660,
+    };
+
+    let identifier = journal.identifier.unwrap_or_else(|| "app".to_owned());
+    if identifier.is_empty() || identifier.bytes().any(|b| b.is_ascii_control()) {
+        return Err(bad(
+            "journal.identifier",
+            format!("{identifier:?} must be non-empty text without control characters"),
+        ));
+    }
+    let default_priority = match journal.default_priority {
+        Some(p) => parse_priority(&p).map_err(|msg| bad("journal.default_priority", msg))?,
+        None => 6,
+    };
+
+    let duration = |key: &str, value: Option<String>, default: Duration| match value {
+        Some(v) => parse_duration(&v).map_err(|msg| bad(key, msg)),
+        None => Ok(default),
+    };
+
+    let max_line_bytes = limits.max_line_bytes.unwrap_or(48 * 1024);
+    if !(1..=MAX_LINE_BYTES_CEILING).contains(&max_line_bytes) {
+        return Err(bad(
+            "limits.max_line_bytes",
+            format!("{max_line_bytes} is out of range 1..={MAX_LINE_BYTES_CEILING}"),
+        ));
+    }
+    let max_connections = NonZeroUsize::new(limits.max_connections.unwrap_or(4096))
+        .ok_or_else(|| bad("limits.max_connections", "must be at least 1".to_owned()))?;
+
+    let log_level = sources
+        .overrides
+        .log_level
+        .clone()
+        .or(service.log_level)
+        .unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&log_level)
+        .map_err(|e| bad("service.log_level", format!("{log_level:?}: {e}")))?;
+
+    Ok(Settings {
+        socket: SocketSettings {
+            path,
+            mode,
+            group: socket.group.filter(|g| !g.is_empty()),
+        },
+        journal: JournalSettings {
+            sink: match (sources.overrides.sink, journal.sink) {
+                (Some(sink), _) => sink,
+                (None, Some(name)) => parse_sink(&name).map_err(|msg| bad("journal.sink", msg))?,
+                (None, None) => SinkKind::Auto,
+            },
+            identifier,
+            default_priority,
+        },
+        protocol: ProtocolSettings {
+            flush_after: duration(
+                "protocol.flush_after",
+                protocol.flush_after,
+                Duration::from_millis(500),
+            )?,
+        },
+        limits: Limits {
+            max_line_bytes: NonZeroUsize::new(max_line_bytes).expect("checked above"),
+            max_connections,
+            rate_limit_interval: duration(
+                "limits.rate_limit_interval",
+                limits.rate_limit_interval,
+                Duration::from_secs(30),
+            )?,
+            rate_limit_burst: limits.rate_limit_burst.unwrap_or(10_000),
+        },
+        service: ServiceSettings {
+            idle_timeout: duration("service.idle_timeout", service.idle_timeout, Duration::ZERO)?,
+            shutdown_timeout: duration(
+                "service.shutdown_timeout",
+                service.shutdown_timeout,
+                Duration::from_secs(5),
+            )?,
+            log_level,
+        },
+    })
+}
+
+/// `/run/app.sock` for root, `$XDG_RUNTIME_DIR/app.sock` for everyone else.
+pub fn default_socket_path(euid: u32, env: &HashMap<String, String>) -> Result<PathBuf, Error> {
+    if euid == 0 {
+        return Ok(PathBuf::from(DEFAULT_ROOT_SOCKET));
+    }
+    match env.get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(Path::new(dir).join("app.sock")),
+        None => Err(Error::Config(
+            "socket.path: not set, and XDG_RUNTIME_DIR is unset (use --socket PATH)".to_owned(),
+        )),
+    }
+}
+
+fn parse_sink(s: &str) -> Result<SinkKind, String> {
+    match s {
+        "auto" => Ok(SinkKind::Auto),
+        "journal" => Ok(SinkKind::Journal),
+        "stdout" => Ok(SinkKind::Stdout),
+        _ => Err(format!(
+            "{s:?} is not one of \"auto\", \"journal\", \"stdout\""
+        )),
+    }
+}
+
+/// An octal permission string such as `"0660"`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not an octal permission mode such as \"0660\""
+        )),
+    }
+}
+
+/// Syslog severity names as syslog(3) and journalctl spell them, in priority order.
+const PRIORITY_NAMES: [&[&str]; 8] = [
+    &["emerg", "panic"],
+    &["alert"],
+    &["crit"],
+    &["err", "error"],
+    &["warning", "warn"],
+    &["notice"],
+    &["info"],
+    &["debug"],
+];
+
+/// A priority: `0`..`7` or a name (`"info"`, `"warning"` …).
+pub fn parse_priority(s: &str) -> Result<u8, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u8>() {
+        if n <= 7 {
+            return Ok(n);
+        }
+    }
+    let lower = s.to_ascii_lowercase();
+    PRIORITY_NAMES
+        .iter()
+        .position(|names| names.contains(&lower.as_str()))
+        .map(|p| p as u8)
+        .ok_or_else(|| {
+            format!("{s:?} is not a priority (0..7, or emerg, alert, crit, err, warning, notice, info, debug)")
+        })
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as \"500ms\", \"30s\" or \"5m\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        overrides: Overrides,
+    ) -> Result<Settings, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&Sources {
+            file: ConfigFile::Default(path),
+            env: &env,
+            overrides,
+            euid: 0,
+        })
+    }
+
+    fn err(r: Result<Settings, Error>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load_with(None, &[], Overrides::default()).unwrap();
+        assert_eq!(s.socket.path, Path::new("/run/app.sock"));
+        assert_eq!(s.socket.mode, 0o660);
+        assert_eq!(s.socket.group, None);
+        assert_eq!(s.journal.sink, SinkKind::Auto);
+        assert_eq!(s.journal.identifier, "app");
+        assert_eq!(s.journal.default_priority, 6);
+        assert_eq!(s.protocol.flush_after, Duration::from_millis(500));
+        assert_eq!(s.limits.max_line_bytes.get(), 49152);
+        assert_eq!(s.limits.max_connections.get(), 4096);
+        assert_eq!(s.limits.rate_limit_interval, Duration::from_secs(30));
+        assert_eq!(s.limits.rate_limit_burst, 10_000);
+        assert_eq!(s.service.idle_timeout, Duration::ZERO);
+        assert_eq!(s.service.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(s.service.log_level, "info");
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let file = "[limits]\nmax_connections = 10\nmax_line_bytes = 100\n[socket]\npath = \"/file.sock\"\n";
+        let s = load_with(Some(file), &[], Overrides::default()).unwrap();
+        assert_eq!(s.limits.max_connections.get(), 10);
+        assert_eq!(s.socket.path, Path::new("/file.sock"));
+
+        let env = [
+            ("APP_LIMITS__MAX_CONNECTIONS", "20"),
+            ("APP_SOCKET__PATH", "/env.sock"),
+        ];
+        let s = load_with(Some(file), &env, Overrides::default()).unwrap();
+        assert_eq!(s.limits.max_connections.get(), 20);
+        assert_eq!(
+            s.limits.max_line_bytes.get(),
+            100,
+            "file value kept where env is silent"
+        );
+        assert_eq!(s.socket.path, Path::new("/env.sock"));
+
+        let flags = Overrides {
+            socket_path: Some("/flag.sock".into()),
+            ..Overrides::default()
+        };
+        let s = load_with(Some(file), &env, flags).unwrap();
+        assert_eq!(s.socket.path, Path::new("/flag.sock"));
+    }
+
+    #[test]
+    fn env_strings_keep_leading_zeros() {
+        let s = load_with(
+            None,
+            &[
+                ("APP_SOCKET__MODE", "0640"),
+                ("APP_JOURNAL__IDENTIFIER", "007"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.socket.mode, 0o640);
+        assert_eq!(s.journal.identifier, "007");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = err(load_with(
+            Some("[limits]\nmax_conections = 3\n"),
+            &[],
+            Overrides::default(),
+        ));
+        assert!(
+            e.contains("app.toml: limits.max_conections: unknown key"),
+            "{e}"
+        );
+        let e = err(load_with(
+            None,
+            &[("APP_LIMITS__MAX_CONECTIONS", "3")],
+            Overrides::default(),
+        ));
+        assert!(
+            e.starts_with("environment: limits.max_conections: unknown key"),
+            "{e}"
+        );
+        let e = err(load_with(Some("colour = 1\n"), &[], Overrides::default()));
+        assert!(e.contains("app.toml: colour: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let e = err(load_with(
+            Some("[limits]\nmax_connections = \"many\"\n"),
+            &[],
+            Overrides::default(),
+        ));
+        assert!(
+            e.contains("app.toml: limits.max_connections: expected an integer"),
+            "{e}"
+        );
+        let e = err(load_with(
+            None,
+            &[("APP_LIMITS__MAX_LINE_BYTES", "big")],
+            Overrides::default(),
+        ));
+        assert!(
+            e.contains("environment: limits.max_line_bytes: expected an integer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let e = err(load_with(Some("[limits\n"), &[], Overrides::default()));
+        assert!(e.contains("app.toml: TOML parse error at line 1"), "{e}");
+    }
+
+    #[test]
+    fn values_are_validated() {
+        for (file, needle) in [
+            ("[socket]\nmode = \"0999\"\n", "socket.mode"),
+            (
+                "[journal]\ndefault_priority = 9\n",
+                "journal.default_priority",
+            ),
+            ("[journal]\nidentifier = \"\"\n", "journal.identifier"),
+            (
+                "[protocol]\nflush_after = \"soon\"\n",
+                "protocol.flush_after",
+            ),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[limits]\nmax_line_bytes = 0\n", "limits.max_line_bytes"),
+            ("[service]\nlog_level = \"app=loud\"\n", "service.log_level"),
+            (
+                "[journal]\nsink = \"file\"\n",
+                "journal.sink: \"file\" is not one of",
+            ),
+        ] {
+            let e = err(load_with(Some(file), &[], Overrides::default()));
+            assert!(e.contains(needle), "{file:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn priorities_by_number_or_name() {
+        assert_eq!(parse_priority("3"), Ok(3));
+        assert_eq!(parse_priority("warning"), Ok(4));
+        assert_eq!(parse_priority("ERR"), Ok(3));
+        assert!(parse_priority("8").is_err());
+        let s = load_with(
+            Some("[journal]\ndefault_priority = \"debug\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.journal.default_priority, 7);
+        let s = load_with(
+            Some("[journal]\ndefault_priority = 2\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.journal.default_priority, 2);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn non_root_default_socket_is_in_runtime_dir() {
+        let mut env = HashMap::new();
+        env.insert("XDG_RUNTIME_DIR".to_owned(), "/run/user/1000".to_owned());
+        assert_eq!(
+            default_socket_path(1000, &env).unwrap(),
+            Path::new("/run/user/1000/app.sock")
+        );
+        assert!(default_socket_path(1000, &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn effective_settings_round_trip_through_toml() {
+        let s = load_with(
+            Some("[socket]\nmode = \"0600\"\n[protocol]\nflush_after = \"0s\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        let text = s.to_toml();
+        assert!(text.contains("mode = \"0600\""), "{text}");
+        let again = load_with(Some(&text), &[], Overrides::default()).unwrap();
+        assert_eq!(again, s);
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let env = HashMap::new();
+        let e = load(&Sources {
+            file: ConfigFile::Explicit("/nonexistent/app.toml".into()),
+            env: &env,
+            overrides: Overrides::default(),
+            euid: 0,
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/app.toml: "), "{e}");
+    }
+}

@@ -1,0 +1,237 @@
+//! One client's life: read, cut into messages, encode, hand to the sink; drain on shutdown.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::journal::{Batch, Encoder, Peer, Record};
+use crate::protocol::{self, Framer, LineBreak, Message};
+use crate::server::Context;
+
+/// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
+/// costs no read memory.
+const READ_SIZE: usize = 64 * 1024;
+
+/// A client's stream socket, Unix or TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Stream {
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.readable().await,
+            Stream::Tcp(s) => s.readable().await,
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tcp(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Best-effort, never-blocking write of a short notice: a client that does not read must not
+    /// hold the daemon up.
+    pub fn notify(&self, text: &str) {
+        let _ = match self {
+            Stream::Unix(s) => s.try_write(text.as_bytes()),
+            Stream::Tcp(s) => s.try_write(text.as_bytes()),
+        };
+    }
+}
+
+/// Per-line state that outlives one message: the priority of a line that is being cut into
+/// `line-max` pieces applies to all of them.
+#[derive(Debug, Clone, Copy)]
+struct LineState {
+    priority: u8,
+    facility: Option<u8>,
+}
+
+/// Serves one client until it closes, or until shutdown and its drain deadline.
+pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>, ctx: Context) {
+    let mut settings_rx = ctx.settings.clone();
+    let mut settings = settings_rx.borrow_and_update().clone();
+    let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
+    let mut conn = Connection {
+        framer: Framer::new(settings.limits.max_line_bytes.get()),
+        line: LineState {
+            priority: settings.journal.default_priority,
+            facility: None,
+        },
+        encoder,
+        ctx: &ctx,
+    };
+    let mut drain_until: Option<Instant> = None;
+
+    loop {
+        if settings_rx.has_changed().unwrap_or(false) {
+            settings = settings_rx.borrow_and_update().clone();
+            conn.framer
+                .set_max_line(settings.limits.max_line_bytes.get());
+        }
+        let flush_after = settings.protocol.flush_after;
+        let quiet = conn.framer.has_pending() && !flush_after.is_zero();
+
+        tokio::select! {
+            ready = stream.readable() => {
+                if let Err(e) = ready {
+                    tracing::debug!(connection = id, "waiting for data: {e}");
+                    conn.finish(LineBreak::Eof, &settings).await;
+                    return;
+                }
+            }
+            // The timer runs only while we wait for the client: time spent waiting for the
+            // journal (backpressure) is not the client being quiet, so a stall never splits a line.
+            () = tokio::time::sleep(flush_after), if quiet => {
+                conn.finish(LineBreak::Timeout, &settings).await;
+                continue;
+            }
+            () = ctx.shutdown.cancelled(), if drain_until.is_none() => {
+                drain_until = Some(Instant::now() + drain_time(&settings));
+                continue;
+            }
+            () = sleep_until_opt(drain_until) => {
+                conn.finish(LineBreak::Eof, &settings).await;
+                stream.notify("app: shutting down\n");
+                return;
+            }
+        }
+
+        // Read until the socket is empty, allocating the buffer only now that data flows.
+        let mut buf = Vec::with_capacity(READ_SIZE);
+        loop {
+            buf.clear();
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    conn.finish(LineBreak::Eof, &settings).await;
+                    return;
+                }
+                Ok(n) => {
+                    conn.process(&buf[..n], &settings).await;
+                    if n < READ_SIZE || drain_until.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    if drain_until.is_none() && ctx.shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // A reset or a killed client: what it sent of its last line is still logged.
+                    tracing::debug!(connection = id, "reading: {e}");
+                    conn.finish(LineBreak::Eof, &settings).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a connection keeps reading after shutdown starts: most of `shutdown_timeout`,
+/// leaving the rest for the sink to write what was read.
+pub fn drain_time(settings: &Settings) -> Duration {
+    settings.service.shutdown_timeout.mul_f64(0.8)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Connection<'a> {
+    framer: Framer,
+    line: LineState,
+    encoder: Encoder,
+    ctx: &'a Context,
+}
+
+impl Connection<'_> {
+    /// Frames `input` and hands the entries to the sink, one bounded batch at a time.
+    async fn process(&mut self, mut input: &[u8], settings: &Settings) {
+        while !input.is_empty() {
+            let mut batch = Batch::default();
+            let used = {
+                let Connection {
+                    framer,
+                    line,
+                    encoder,
+                    ..
+                } = self;
+                framer.feed(input, &mut |m| {
+                    encode(m, line, encoder, settings, &mut batch);
+                    !batch.is_full()
+                })
+            };
+            input = &input[used..];
+            self.send(batch).await;
+        }
+    }
+
+    /// Logs the partial line held back, if any (at EOF, timeout or shutdown).
+    async fn finish(&mut self, why: LineBreak, settings: &Settings) {
+        let mut batch = Batch::default();
+        let Connection {
+            framer,
+            line,
+            encoder,
+            ..
+        } = self;
+        framer.flush(why, &mut |m| {
+            encode(m, line, encoder, settings, &mut batch);
+            true
+        });
+        self.send(batch).await;
+    }
+
+    async fn send(&self, batch: Batch) {
+        let n = batch.len() as u64;
+        self.ctx.sink.send(batch).await;
+        self.ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn encode(
+    m: Message<'_>,
+    line: &mut LineState,
+    encoder: &Encoder,
+    settings: &Settings,
+    batch: &mut Batch,
+) {
+    let text = if m.continuation {
+        m.bytes
+    } else {
+        let (prefix, text) = protocol::parse_prefix(m.bytes);
+        *line = match prefix {
+            Some(p) => LineState {
+                priority: p.priority,
+                facility: p.facility,
+            },
+            None => LineState {
+                priority: settings.journal.default_priority,
+                facility: None,
+            },
+        };
+        text
+    };
+    encoder.encode(
+        &Record {
+            message: text,
+            priority: line.priority,
+            facility: line.facility,
+            line_break: m.line_break,
+            identifier: &settings.journal.identifier,
+        },
+        batch,
+    );
+}

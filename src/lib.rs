@@ -1,0 +1,20 @@
+//! `app`: a Unix-socket front door to the systemd journal.
+//!
+//! Local programs connect to a stream socket and write lines; each line becomes one structured
+//! journal entry that records who sent it. `main.rs` is a thin shell around this library:
+//! [`listener`] gets the sockets, [`config`] the settings, and [`server::run`] does the rest.
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod journal;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod protocol;
+pub mod send;
+pub mod server;
+pub mod shutdown;
+
+pub use error::Error;

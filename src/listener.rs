@@ -1,0 +1,355 @@
+//! Getting the listening sockets: inherited from systemd, or bound by the daemon itself.
+//!
+//! Everything here runs in the synchronous part of `main`, before the runtime (and any thread)
+//! exists, because taking the inherited fds unsets `LISTEN_*` in the process environment.
+
+use std::fmt;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use rustix::net::{AddressFamily, SocketType, sockopt};
+
+use crate::config::SocketSettings;
+use crate::error::Error;
+
+/// A socket to serve, still in blocking `std` form (tokio takes it over in `server`).
+#[derive(Debug)]
+pub enum Socket {
+    /// A listening Unix stream socket.
+    Unix(UnixListener),
+    /// A listening TCP socket (a `ListenStream=127.0.0.1:5140` drop-in).
+    Tcp(TcpListener),
+    /// One accepted Unix connection (`Accept=yes`): serve it, then exit.
+    ConnectedUnix(UnixStream),
+    /// One accepted TCP connection (`Accept=yes`).
+    ConnectedTcp(std::net::TcpStream),
+}
+
+/// A socket and what to call it in logs: its `LISTEN_FDNAMES` name, or its path.
+#[derive(Debug)]
+pub struct Listener {
+    pub socket: Socket,
+    pub name: String,
+    /// Where it came from, for the startup log line (`fd 3`, or the bound path).
+    pub origin: String,
+}
+
+/// The sockets the daemon will serve, plus the file it must remove on exit (if it bound one).
+#[derive(Debug)]
+pub struct Listeners {
+    pub sockets: Vec<Listener>,
+    /// Present only when the daemon bound the socket itself: dropped, it unlinks the file.
+    pub bound: Option<BoundPath>,
+}
+
+impl Listeners {
+    /// True when systemd handed over an already-accepted connection (`Accept=yes`).
+    pub fn is_single_connection(&self) -> bool {
+        self.sockets
+            .iter()
+            .all(|l| matches!(l.socket, Socket::ConnectedUnix(_) | Socket::ConnectedTcp(_)))
+    }
+
+    /// True when the sockets came from systemd rather than from our own `bind`.
+    pub fn inherited(&self) -> bool {
+        self.bound.is_none()
+    }
+}
+
+/// Takes the sockets passed by systemd, if any, and unsets `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` so that children never see them.
+///
+/// `LISTEN_PID` must name this process (sd_listen_fds(3)); otherwise the variables were meant
+/// for someone else and nothing is inherited.
+///
+/// # Safety
+/// Mutates the process environment: call it before any other thread exists.
+pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
+    // SAFETY: forwarded to the caller.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|e| Error::io("reading LISTEN_FDS/LISTEN_FDNAMES", e))?;
+    let fds: Vec<(RawFd, String)> = fds.collect();
+    fds.into_iter()
+        .map(|(fd, name)| {
+            // SAFETY: systemd passed us this fd and nothing else in the process owns it.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            classify(owned, fd, name)
+        })
+        .collect()
+}
+
+/// Decides what an inherited fd is, refusing anything that is not a stream socket.
+fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
+    let bad = |reason: String| Error::InheritedFd { fd: raw, reason };
+    let ty = sockopt::socket_type(&fd).map_err(|e| {
+        if e == rustix::io::Errno::NOTSOCK {
+            bad("not a socket".to_owned())
+        } else {
+            bad(format!("cannot query the socket type: {e}"))
+        }
+    })?;
+    if ty != SocketType::STREAM {
+        let kind = match ty {
+            SocketType::DGRAM => "a datagram socket",
+            SocketType::SEQPACKET => "a seqpacket socket",
+            _ => "not a stream socket",
+        };
+        return Err(bad(format!(
+            "{kind}; app serves stream sockets only (ListenStream= in the .socket unit)"
+        )));
+    }
+    let domain = sockopt::socket_domain(&fd)
+        .map_err(|e| bad(format!("cannot query the address family: {e}")))?;
+    let listening = sockopt::socket_acceptconn(&fd)
+        .map_err(|e| bad(format!("cannot query SO_ACCEPTCONN: {e}")))?;
+    let socket = match (domain, listening) {
+        (AddressFamily::UNIX, true) => Socket::Unix(UnixListener::from(fd)),
+        (AddressFamily::UNIX, false) => Socket::ConnectedUnix(UnixStream::from(fd)),
+        (AddressFamily::INET | AddressFamily::INET6, true) => Socket::Tcp(TcpListener::from(fd)),
+        (AddressFamily::INET | AddressFamily::INET6, false) => {
+            Socket::ConnectedTcp(std::net::TcpStream::from(fd))
+        }
+        (other, _) => {
+            return Err(bad(format!(
+                "unsupported address family {}; app serves Unix and TCP stream sockets",
+                other.as_raw()
+            )));
+        }
+    };
+    Ok(Listener {
+        socket,
+        name,
+        origin: format!("fd {raw}"),
+    })
+}
+
+/// A socket file the daemon created, removed again when this is dropped — but only if the file
+/// at the path is still the one we bound (another instance may have replaced it).
+#[derive(Debug)]
+pub struct BoundPath {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl BoundPath {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BoundPath {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if meta.dev() == self.dev && meta.ino() == self.ino {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+impl fmt::Display for BoundPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.path.display().fmt(f)
+    }
+}
+
+/// Binds the daemon's own socket at `settings.path` with the configured mode and group.
+///
+/// A stale socket file (nothing answers a connect) is replaced; a live one is an error; anything
+/// that is not a socket is never touched.
+pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
+    let path = &settings.path;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(Error::SocketInUse(path.clone())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| {
+                    Error::io(format!("{}: removing stale socket", path.display()), e)
+                })?;
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "{}: checking whether another instance listens",
+                        path.display()
+                    ),
+                    e,
+                ));
+            }
+        },
+        Ok(_) => return Err(Error::NotASocket(path.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("{}", path.display()), e)),
+    }
+
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("{}: cannot bind", path.display()), e))?;
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|e| Error::io(format!("{}", path.display()), e))?;
+    // From here on, an error drops `bound`, which removes the half-set-up socket.
+    let bound = BoundPath {
+        path: path.clone(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if let Some(group) = &settings.group {
+        let gid = lookup_group(group)?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| Error::io(format!("{}: cannot set group {group}", path.display()), e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode))
+        .map_err(|e| Error::io(format!("{}: cannot set mode", path.display()), e))?;
+
+    Ok(Listeners {
+        sockets: vec![Listener {
+            socket: Socket::Unix(listener),
+            name: path.display().to_string(),
+            origin: path.display().to_string(),
+        }],
+        bound: Some(bound),
+    })
+}
+
+fn lookup_group(name: &str) -> Result<u32, Error> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(Error::Config(format!(
+            "socket.group: no group named {name:?}"
+        ))),
+        Err(e) => Err(Error::io(format!("looking up group {name:?}"), e.into())),
+    }
+}
+
+/// The inherited sockets, or our own socket when systemd passed none.
+///
+/// # Safety
+/// Mutates the process environment (see [`take_inherited`]): call before any thread exists.
+pub unsafe fn acquire(settings: &SocketSettings) -> Result<Listeners, Error> {
+    // SAFETY: forwarded to the caller.
+    let inherited = unsafe { take_inherited() }?;
+    if inherited.is_empty() {
+        bind(settings)
+    } else {
+        Ok(Listeners {
+            sockets: inherited,
+            bound: None,
+        })
+    }
+}
+
+impl Socket {
+    /// Switches to non-blocking mode, which tokio requires of every socket it adopts.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_nonblocking(true),
+            Socket::Tcp(s) => s.set_nonblocking(true),
+            Socket::ConnectedUnix(s) => s.set_nonblocking(true),
+            Socket::ConnectedTcp(s) => s.set_nonblocking(true),
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Socket::Unix(s) => s.as_fd(),
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::ConnectedUnix(s) => s.as_fd(),
+            Socket::ConnectedTcp(s) => s.as_fd(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn settings(path: &Path) -> SocketSettings {
+        SocketSettings {
+            path: path.to_owned(),
+            mode: 0o660,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn classify_refuses_a_datagram_socket() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let err = classify(a.into(), 7, "x".into()).unwrap_err();
+        assert_eq!(
+            err.to_string().split(';').next().unwrap(),
+            "fd 7: a datagram socket"
+        );
+    }
+
+    #[test]
+    fn classify_refuses_a_file() {
+        let f = tempfile::tempfile().unwrap();
+        let err = classify(f.into(), 9, "x".into()).unwrap_err();
+        assert_eq!(err.to_string(), "fd 9: not a socket");
+    }
+
+    #[test]
+    fn classify_tells_listening_from_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("s")).unwrap();
+        let c = UnixStream::connect(dir.path().join("s")).unwrap();
+        assert!(matches!(
+            classify(l.into(), 3, "a".into()).unwrap().socket,
+            Socket::Unix(_)
+        ));
+        assert!(matches!(
+            classify(c.into(), 4, "b".into()).unwrap().socket,
+            Socket::ConnectedUnix(_)
+        ));
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(
+            classify(t.into(), 5, "c".into()).unwrap().socket,
+            Socket::Tcp(_)
+        ));
+    }
+
+    #[test]
+    fn bind_sets_mode_replaces_stale_and_removes_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        // A stale socket: bound, then its listener closed without unlinking.
+        drop(UnixListener::bind(&path).unwrap());
+        let listeners = bind(&settings(&path)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o660);
+        UnixStream::connect(&path).expect("the new socket answers");
+        drop(listeners);
+        assert!(!path.exists(), "socket removed on drop");
+    }
+
+    #[test]
+    fn bind_refuses_a_live_socket_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let _live = UnixListener::bind(&path).unwrap();
+        let err = bind(&settings(&path)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("another instance is listening on {}", path.display())
+        );
+        UnixStream::connect(&path).expect("the other instance's socket is untouched");
+    }
+
+    #[test]
+    fn bind_never_deletes_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        std::fs::write(&path, "precious").unwrap();
+        let err = bind(&settings(&path)).unwrap_err();
+        assert!(matches!(err, Error::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    }
+}

@@ -1,0 +1,113 @@
+//! The `app` binary: parse flags, load config, take the sockets, run.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use app::cli::{Cli, Command, ServeArgs};
+use app::config::{self, ConfigFile, Overrides, Settings, Sources};
+use app::error::{EXIT_FAILURE, Error};
+use app::{listener, logging, notify::Notifier, server, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(ref args) => serve(&cli, args),
+        Command::CheckConfig(ref args) => check_config(&cli, args),
+        Command::Send(ref args) => send(&cli, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("app: {}", chain(&e));
+            let code = e
+                .downcast_ref::<Error>()
+                .map_or(EXIT_FAILURE, Error::exit_code);
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+/// `error: cause: cause…`, each link once.
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+fn load_settings(cli: &Cli, args: &ServeArgs) -> Result<Settings, Error> {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let file = match &cli.config {
+        Some(path) => ConfigFile::Explicit(path.clone()),
+        None => ConfigFile::Default(config::DEFAULT_CONFIG_PATH.into()),
+    };
+    config::load(&Sources {
+        file,
+        env: &env,
+        overrides: Overrides {
+            socket_path: args.socket.clone(),
+            sink: args.sink,
+            log_level: args.log_level.clone(),
+        },
+        euid: rustix::process::geteuid().as_raw(),
+    })
+}
+
+fn check_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = load_settings(cli, args)?;
+    print!("{}", settings.to_toml());
+    Ok(())
+}
+
+fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
+    let socket = match &args.socket {
+        Some(path) => path.clone(),
+        None => load_settings(cli, &ServeArgs::default())?.socket.path,
+    };
+    app::send::send(
+        &socket,
+        args.priority,
+        &args.message,
+        &mut std::io::stdin().lock(),
+    )
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    // Everything that touches the environment happens here, before any thread exists.
+    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
+    // SAFETY: single-threaded so far: no runtime, no other thread.
+    let notifier = unsafe { Notifier::from_env() };
+    let settings = match load_settings(cli, args) {
+        Ok(s) => s,
+        Err(e) => {
+            notifier.send_logged(&format!("STATUS=configuration error: {e}\nERRNO=22"));
+            return Err(e.into());
+        }
+    };
+    let _log = logging::init(&settings.service.log_level, journal_stream.as_deref());
+    // SAFETY: as above, still single-threaded.
+    let listeners = unsafe { listener::acquire(&settings.socket) }?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let token = CancellationToken::new();
+        shutdown::on_signals(token.clone()).context("installing signal handlers")?;
+        let (_settings_tx, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
+        server::run(listeners, settings_rx, token, notifier).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,415 @@
+//! The wire protocol (DESIGN §2): cutting a byte stream into messages, and the `<N>` prefix.
+//!
+//! Pure code, no I/O: the connection feeds it whatever it read, and it hands back messages as
+//! borrowed slices. Memory per connection is bounded by `max_line_bytes`: a line that grows past
+//! it is cut into pieces (`LINE_BREAK=line-max`), as journald does with its `LineMax=`.
+
+use memchr::memchr;
+
+/// Why a message ended, when it did not end with a newline (the journal's `LINE_BREAK=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineBreak {
+    /// Ended by `\n`: no `LINE_BREAK` field.
+    Newline,
+    /// A piece of a line longer than `max_line_bytes`.
+    LineMax,
+    /// The client closed the connection after a final line without `\n`.
+    Eof,
+    /// The client went quiet for `protocol.flush_after` in the middle of a line.
+    Timeout,
+}
+
+impl LineBreak {
+    /// The `LINE_BREAK=` value, or `None` for an ordinary line.
+    pub fn field(self) -> Option<&'static str> {
+        match self {
+            LineBreak::Newline => None,
+            LineBreak::LineMax => Some("line-max"),
+            LineBreak::Eof => Some("eof"),
+            LineBreak::Timeout => Some("timeout"),
+        }
+    }
+}
+
+/// One message cut out of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub bytes: &'a [u8],
+    pub line_break: LineBreak,
+    /// True for the second and later pieces of one long line: they carry no `<N>` prefix of their
+    /// own and inherit the first piece's priority.
+    pub continuation: bool,
+}
+
+/// Cuts a byte stream into messages.
+#[derive(Debug)]
+pub struct Framer {
+    /// The start of a line whose end has not arrived yet; never longer than `max_line`.
+    pending: Vec<u8>,
+    max_line: usize,
+    /// The line being read has already had a `line-max` piece cut from it.
+    continuing: bool,
+}
+
+impl Framer {
+    pub fn new(max_line: usize) -> Self {
+        Framer {
+            pending: Vec::new(),
+            max_line: max_line.max(1),
+            continuing: false,
+        }
+    }
+
+    /// Applies a new `limits.max_line_bytes` (on reload). A pending partial line longer than the
+    /// new limit is cut at the next `feed`.
+    pub fn set_max_line(&mut self, max_line: usize) {
+        self.max_line = max_line.max(1);
+    }
+
+    /// True when part of a line is buffered, waiting for its end.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Feeds `input`, calling `emit` for each complete message. `emit` returns `false` to pause
+    /// (its batch is full); `feed` then returns how many bytes of `input` it consumed, and the
+    /// caller feeds the rest later. Empty lines are skipped.
+    pub fn feed(&mut self, input: &[u8], emit: &mut dyn FnMut(Message<'_>) -> bool) -> usize {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            if self.pending.len() > self.max_line {
+                // Only after a reload lowered the limit.
+                let piece = std::mem::take(&mut self.pending);
+                if !self.emit_piece(&piece, emit) {
+                    return pos;
+                }
+                continue;
+            }
+            let room = self.max_line - self.pending.len();
+            // A newline right after `room` bytes still ends a line of exactly `max_line` bytes.
+            let window = &rest[..rest.len().min(room + 1)];
+            let go_on = if let Some(i) = memchr(b'\n', window) {
+                pos += i + 1;
+                let continuation = std::mem::replace(&mut self.continuing, false);
+                if self.pending.is_empty() {
+                    emit_line(&rest[..i], LineBreak::Newline, continuation, emit)
+                } else {
+                    self.pending.extend_from_slice(&rest[..i]);
+                    let line = std::mem::take(&mut self.pending);
+                    let go_on = emit_line(&line, LineBreak::Newline, continuation, emit);
+                    self.reuse(line);
+                    go_on
+                }
+            } else if rest.len() > room {
+                // No newline within the limit: cut a full-size piece.
+                pos += room;
+                if self.pending.is_empty() {
+                    let continuation = std::mem::replace(&mut self.continuing, true);
+                    emit(Message {
+                        bytes: &rest[..room],
+                        line_break: LineBreak::LineMax,
+                        continuation,
+                    })
+                } else {
+                    self.pending.extend_from_slice(&rest[..room]);
+                    let piece = std::mem::take(&mut self.pending);
+                    let go_on = self.emit_piece(&piece, emit);
+                    self.reuse(piece);
+                    go_on
+                }
+            } else {
+                self.pending.extend_from_slice(rest);
+                pos = input.len();
+                true
+            };
+            if !go_on {
+                return pos;
+            }
+        }
+        pos
+    }
+
+    /// Emits the buffered partial line (if any) as a message of its own: at EOF or after the
+    /// client went quiet. The buffer is freed: an idle connection holds no line memory.
+    pub fn flush(&mut self, why: LineBreak, emit: &mut dyn FnMut(Message<'_>) -> bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.pending);
+        let continuation = std::mem::replace(&mut self.continuing, false);
+        let mut bytes = &line[..];
+        if why == LineBreak::Eof {
+            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        }
+        if !bytes.is_empty() {
+            emit(Message {
+                bytes,
+                line_break: why,
+                continuation,
+            });
+        }
+    }
+
+    fn emit_piece(&mut self, piece: &[u8], emit: &mut dyn FnMut(Message<'_>) -> bool) -> bool {
+        let continuation = std::mem::replace(&mut self.continuing, true);
+        emit(Message {
+            bytes: piece,
+            line_break: LineBreak::LineMax,
+            continuation,
+        })
+    }
+
+    /// Keeps a buffer's allocation for the next partial line, unless it is large: a connection
+    /// that once sent a long line should not hold on to that memory.
+    fn reuse(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= 4096 {
+            buf.clear();
+            self.pending = buf;
+        }
+    }
+}
+
+fn emit_line(
+    line: &[u8],
+    line_break: LineBreak,
+    continuation: bool,
+    emit: &mut dyn FnMut(Message<'_>) -> bool,
+) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return true;
+    }
+    emit(Message {
+        bytes: line,
+        line_break,
+        continuation,
+    })
+}
+
+/// A priority (and optional facility) taken from a message's `<N>` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub priority: u8,
+    /// Set when the client sent a full syslog PRI (8..=191).
+    pub facility: Option<u8>,
+}
+
+/// Splits a leading `<N>` off `text`: N in 0..=7 is a priority (sd-daemon(3) style); N in
+/// 8..=191 is a syslog PRI (facility N/8, severity N%8). Anything else is not a prefix, and the
+/// text is returned whole.
+pub fn parse_prefix(text: &[u8]) -> (Option<Prefix>, &[u8]) {
+    let Some(rest) = text.strip_prefix(b"<") else {
+        return (None, text);
+    };
+    let digits = rest
+        .iter()
+        .take(4)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if !(1..=3).contains(&digits) || rest.get(digits) != Some(&b'>') {
+        return (None, text);
+    }
+    // No leading zeros except "<0>" itself, as RFC 5424 spells PRI.
+    if digits > 1 && rest[0] == b'0' {
+        return (None, text);
+    }
+    let n = rest[..digits]
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let prefix = match n {
+        0..=7 => Prefix {
+            priority: n as u8,
+            facility: None,
+        },
+        8..=191 => Prefix {
+            priority: (n % 8) as u8,
+            facility: Some((n / 8) as u8),
+        },
+        _ => return (None, text),
+    };
+    (Some(prefix), &rest[digits + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Out = Vec<(Vec<u8>, LineBreak, bool)>;
+
+    fn frame_chunks(max: usize, chunks: &[&[u8]], eof: bool) -> Out {
+        let mut f = Framer::new(max);
+        let mut out = Out::new();
+        let mut emit = |m: Message<'_>| {
+            out.push((m.bytes.to_vec(), m.line_break, m.continuation));
+            true
+        };
+        for c in chunks {
+            assert_eq!(f.feed(c, &mut emit), c.len());
+        }
+        if eof {
+            f.flush(LineBreak::Eof, &mut emit);
+        }
+        out
+    }
+
+    fn lines(out: &Out) -> Vec<&[u8]> {
+        out.iter().map(|(b, _, _)| b.as_slice()).collect()
+    }
+
+    #[test]
+    fn lines_crlf_and_empty_lines() {
+        let out = frame_chunks(100, &[b"a\r\n\nb\n\r\n", b"c"], true);
+        assert_eq!(lines(&out), [&b"a"[..], b"b", b"c"]);
+        assert_eq!(out[0].1, LineBreak::Newline);
+        assert_eq!(out[2].1, LineBreak::Eof);
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_one_message() {
+        let out = frame_chunks(100, &[b"hel", b"lo wo", b"rld\nx\n"], false);
+        assert_eq!(lines(&out), [&b"hello world"[..], b"x"]);
+    }
+
+    #[test]
+    fn bytes_are_kept_exactly() {
+        let out = frame_chunks(100, &[b"\xff\x00\xfe bin\x00\n"], false);
+        assert_eq!(lines(&out), [&b"\xff\x00\xfe bin\x00"[..]]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_max_and_reassemble() {
+        let line: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut input = line.clone();
+        input.push(b'\n');
+        // Every way of chunking the input gives the same pieces.
+        for chunk in [1, 7, 300, 1001] {
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            let out = frame_chunks(300, &chunks, false);
+            let sizes: Vec<usize> = out.iter().map(|o| o.0.len()).collect();
+            assert_eq!(sizes, [300, 300, 300, 100], "chunk {chunk}");
+            assert!(out[..3].iter().all(|o| o.1 == LineBreak::LineMax));
+            assert_eq!(out[3].1, LineBreak::Newline);
+            assert_eq!(
+                out.iter().map(|o| o.2).collect::<Vec<_>>(),
+                [false, true, true, true]
+            );
+            assert_eq!(out.concat_bytes(), line);
+        }
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_is_not_split() {
+        let out = frame_chunks(5, &[b"abcde\nfghij", b"\n"], false);
+        assert_eq!(lines(&out), [&b"abcde"[..], b"fghij"]);
+        assert!(out.iter().all(|o| o.1 == LineBreak::Newline));
+    }
+
+    #[test]
+    fn pending_memory_is_bounded() {
+        let mut f = Framer::new(64);
+        let mut n = 0;
+        for _ in 0..1000 {
+            f.feed(&[b'x'; 1000], &mut |_| {
+                n += 1;
+                true
+            });
+            assert!(f.pending.len() <= 64);
+        }
+        assert_eq!(n * 64 + f.pending.len(), 1000 * 1000);
+    }
+
+    #[test]
+    fn feed_pauses_when_emit_says_so() {
+        let mut f = Framer::new(100);
+        let input = b"a\nb\nc\n";
+        let mut got = Vec::new();
+        let used = f.feed(input, &mut |m| {
+            got.push(m.bytes.to_vec());
+            false
+        });
+        assert_eq!(used, 2);
+        let used2 = f.feed(&input[used..], &mut |m| {
+            got.push(m.bytes.to_vec());
+            true
+        });
+        assert_eq!(used + used2, input.len());
+        assert_eq!(got, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn timeout_flush_emits_the_partial_line() {
+        let mut f = Framer::new(100);
+        let mut got = Vec::new();
+        f.feed(b"no newline", &mut |_| unreachable!());
+        assert!(f.has_pending());
+        f.flush(LineBreak::Timeout, &mut |m| {
+            got.push((m.bytes.to_vec(), m.line_break));
+            true
+        });
+        assert_eq!(got, [(b"no newline".to_vec(), LineBreak::Timeout)]);
+        assert!(!f.has_pending());
+    }
+
+    #[test]
+    fn prefixes() {
+        for n in 0..=7u8 {
+            let text = format!("<{n}>msg");
+            let (p, rest) = parse_prefix(text.as_bytes());
+            assert_eq!(
+                p,
+                Some(Prefix {
+                    priority: n,
+                    facility: None
+                })
+            );
+            assert_eq!(rest, b"msg");
+        }
+        assert_eq!(
+            parse_prefix(b"<13>x"),
+            (
+                Some(Prefix {
+                    priority: 5,
+                    facility: Some(1)
+                }),
+                &b"x"[..]
+            )
+        );
+        assert_eq!(
+            parse_prefix(b"<191>x"),
+            (
+                Some(Prefix {
+                    priority: 7,
+                    facility: Some(23)
+                }),
+                &b"x"[..]
+            )
+        );
+        for kept in [
+            &b"<192>x"[..],
+            b"<999>x",
+            b"<1000>x",
+            b"<>x",
+            b"<a>x",
+            b"<03>x",
+            b"<3",
+            b"3>x",
+        ] {
+            assert_eq!(
+                parse_prefix(kept),
+                (None, kept),
+                "{:?}",
+                String::from_utf8_lossy(kept)
+            );
+        }
+    }
+
+    trait ConcatBytes {
+        fn concat_bytes(&self) -> Vec<u8>;
+    }
+    impl ConcatBytes for Out {
+        fn concat_bytes(&self) -> Vec<u8> {
+            self.iter().flat_map(|o| o.0.iter().copied()).collect()
+        }
+    }
+}
