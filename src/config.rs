@@ -433,10 +433,10 @@ const PRIORITY_NAMES: [&[&str]; 8] = [
 /// A priority: `0`..`7` or a name (`"info"`, `"warning"` …).
 pub fn parse_priority(s: &str) -> Result<u8, String> {
     let s = s.trim();
-    if let Ok(n) = s.parse::<u8>() {
-        if n <= 7 {
-            return Ok(n);
-        }
+    if let Ok(n) = s.parse::<u8>()
+        && n <= 7
+    {
+        return Ok(n);
     }
     let lower = s.to_ascii_lowercase();
     PRIORITY_NAMES

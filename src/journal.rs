@@ -30,8 +30,14 @@ const QUEUE_BATCHES: usize = 16;
 /// A connection hands its batch over once it holds this much.
 pub const BATCH_BYTES: usize = 256 * 1024;
 
-/// Send buffer asked for on the journal socket, as systemd's own clients do: it also caps the
-/// largest entry that fits in one datagram (bigger ones go through a memfd).
+/// Entries larger than this always travel as a memfd, whatever `net.core.wmem_max` would
+/// allow: one giant datagram would hold journald's receive queue hostage, and the path an entry
+/// takes should not depend on a sysctl.
+const MAX_DATAGRAM: usize = 512 * 1024;
+
+/// Send buffer asked for on the journal socket, as sd_journal_sendv(3) does. The kernel caps it
+/// at `net.core.wmem_max`, and it caps the largest entry that fits in one datagram: bigger
+/// entries go through a memfd, exactly as systemd's own clients do.
 const SNDBUF: usize = 8 * 1024 * 1024;
 
 /// Where messages go, once `journal.sink = "auto"` has been decided.
@@ -319,6 +325,10 @@ impl JournalSocket {
             Some(s) => s,
             None => self.socket.insert(connect(&self.path)?),
         };
+        if entry.len() > MAX_DATAGRAM {
+            tracing::debug!("entry of {} bytes sent through a memfd", entry.len());
+            return send_memfd(socket, entry).await;
+        }
         // A connected socket lets the kernel wake us when journald's queue has room again.
         match socket.send(entry).await {
             Ok(_) => Ok(()),
@@ -343,10 +353,7 @@ mod libc_errno {
 
 fn connect(path: &Path) -> io::Result<UnixDatagram> {
     let socket = UnixDatagram::unbound()?;
-    // Root may exceed net.core.wmem_max; anyone else gets what the kernel allows.
-    if rustix::net::sockopt::set_socket_send_buffer_size_force(&socket, SNDBUF).is_err() {
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SNDBUF);
-    }
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SNDBUF);
     socket.connect(path)?;
     Ok(socket)
 }

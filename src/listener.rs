@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -120,11 +120,35 @@ fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
             )));
         }
     };
+    // Without FileDescriptorName= (or outside systemd) a socket is named by its address.
+    let name = if name.is_empty() || name == "unknown" {
+        local_name(&socket)
+    } else {
+        name
+    };
     Ok(Listener {
         socket,
         name,
         origin: format!("fd {raw}"),
     })
+}
+
+/// The socket's own address, as a name: a path, `ip:port`, or `unix` when it has neither.
+fn local_name(socket: &Socket) -> String {
+    let unix = |addr: std::io::Result<std::os::unix::net::SocketAddr>| {
+        addr.ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "unix".to_owned())
+    };
+    let tcp = |addr: std::io::Result<std::net::SocketAddr>| {
+        addr.map_or_else(|_| "tcp".to_owned(), |a| a.to_string())
+    };
+    match socket {
+        Socket::Unix(l) => unix(l.local_addr()),
+        Socket::ConnectedUnix(s) => unix(s.local_addr()),
+        Socket::Tcp(l) => tcp(l.local_addr()),
+        Socket::ConnectedTcp(s) => tcp(s.local_addr()),
+    }
 }
 
 /// A socket file the daemon created, removed again when this is dropped — but only if the file
@@ -144,10 +168,11 @@ impl BoundPath {
 
 impl Drop for BoundPath {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -256,13 +281,15 @@ impl Socket {
         }
     }
 
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Socket::Unix(s) => s.as_fd(),
-            Socket::Tcp(s) => s.as_fd(),
-            Socket::ConnectedUnix(s) => s.as_fd(),
-            Socket::ConnectedTcp(s) => s.as_fd(),
-        }
+    /// `unix /run/app.sock`, `tcp 127.0.0.1:5140`, `accepted unix connection …`: for logs.
+    pub fn describe(&self) -> String {
+        let kind = match self {
+            Socket::Unix(_) => "unix",
+            Socket::Tcp(_) => "tcp",
+            Socket::ConnectedUnix(_) => "accepted unix connection on",
+            Socket::ConnectedTcp(_) => "accepted tcp connection on",
+        };
+        format!("{kind} {}", local_name(self))
     }
 }
 

@@ -73,9 +73,9 @@ pub async fn run(
             .map_err(|e| Error::io(format!("{}: set_nonblocking", listener.origin), e))?;
         let socket_name: Option<Arc<str>> = named.then(|| Arc::from(listener.name.as_str()));
         tracing::info!(
-            "serving {} ({}, name {:?}), messages to {}",
+            "serving {} ({}, name {}), messages to {}",
             listener.origin,
-            describe(&listener.socket),
+            listener.socket.describe(),
             listener.name,
             match target {
                 Target::Journal => "the journal",
@@ -148,25 +148,6 @@ pub async fn run(
         );
     }
     Ok(())
-}
-
-fn describe(socket: &Socket) -> String {
-    match socket {
-        Socket::Unix(l) => match l
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| p.to_owned()))
-        {
-            Some(p) => format!("unix {}", p.display()),
-            None => "unix".to_owned(),
-        },
-        Socket::Tcp(l) => match l.local_addr() {
-            Ok(a) => format!("tcp {a}"),
-            Err(_) => "tcp".to_owned(),
-        },
-        Socket::ConnectedUnix(_) => "one accepted unix connection".to_owned(),
-        Socket::ConnectedTcp(_) => "one accepted tcp connection".to_owned(),
-    }
 }
 
 /// One listener's accept loop and what it needs to start connections.

@@ -1,0 +1,181 @@
+//! Getting the socket from systemd (DESIGN §1), with `systemd-socket-activate` passing real fds.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+#[test]
+fn socket_activated_hello_reaches_journald() {
+    let journald = Journald::start();
+    let id = identifier("hello");
+    let daemon = DaemonBuilder::new()
+        .journald(&journald)
+        .identifier(&id)
+        .activated(&[])
+        .start();
+
+    // A client running as root: this test process.
+    assert_eq!(send(&daemon.socket, b"hello\n"), "");
+    // A client running as nobody (systemd-socket-activate leaves the socket at 0755).
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let mut nobody = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args([
+            "socat",
+            "-",
+            &format!("UNIX-CONNECT:{}", daemon.socket.display()),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("setpriv + socat");
+    let nobody_pid = nobody.id();
+    nobody
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from nobody\n")
+        .unwrap();
+    assert!(nobody.wait().unwrap().success());
+
+    let entries = journald.wait_for(&id, 2);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let hello = &entries
+        .iter()
+        .find(|e| e.get("MESSAGE") == "hello")
+        .expect("hello");
+    assert_eq!(hello.get("PRIORITY"), "6");
+    assert_eq!(hello.get("SYSLOG_IDENTIFIER"), id);
+    assert_eq!(hello.get("CLIENT_PID"), std::process::id().to_string());
+    assert_eq!(hello.get("CLIENT_UID"), "0");
+    assert_eq!(hello.get("CLIENT_GID"), "0");
+    assert_eq!(hello.str("LINE_BREAK"), None);
+    assert_eq!(hello.str("SYSLOG_FACILITY"), None);
+
+    let other = entries
+        .iter()
+        .find(|e| e.get("MESSAGE") == "from nobody")
+        .expect("nobody's line");
+    assert_eq!(other.get("CLIENT_UID"), "65534");
+    assert_eq!(other.get("CLIENT_GID"), "65534");
+    assert_eq!(other.get("CLIENT_PID"), nobody_pid.to_string());
+    assert_ne!(
+        other.get("CLIENT_CONNECTION"),
+        hello.get("CLIENT_CONNECTION")
+    );
+}
+
+#[test]
+fn unix_and_tcp_listeners_are_served_together_journald() {
+    let journald = Journald::start();
+    let id = identifier("tcp");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tcp_addr = format!("127.0.0.1:{port}");
+    let mut daemon = DaemonBuilder::new()
+        .journald(&journald)
+        .identifier(&id)
+        .activated(&["-l", &tcp_addr])
+        .start();
+
+    send(&daemon.socket, b"over unix\n");
+    let mut tcp = TcpStream::connect(&tcp_addr).unwrap();
+    let local = tcp.local_addr().unwrap();
+    tcp.write_all(b"over tcp\n").unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "");
+
+    let entries = journald.wait_for(&id, 2);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let unix = entries
+        .iter()
+        .find(|e| e.get("MESSAGE") == "over unix")
+        .unwrap();
+    let tcp = entries
+        .iter()
+        .find(|e| e.get("MESSAGE") == "over tcp")
+        .unwrap();
+    assert_eq!(tcp.get("CLIENT_ADDRESS"), local.to_string());
+    assert_eq!(tcp.str("CLIENT_UID"), None);
+    assert_eq!(unix.get("CLIENT_UID"), "0");
+    assert_eq!(unix.str("CLIENT_ADDRESS"), None);
+    // Two listeners: each entry says which one it came through.
+    assert!(unix.str("SOCKET").is_some() && tcp.str("SOCKET").is_some());
+    assert_ne!(unix.get("SOCKET"), tcp.get("SOCKET"));
+
+    assert!(daemon.stop().success());
+    assert!(
+        daemon.socket.exists(),
+        "an inherited socket is never unlinked"
+    );
+}
+
+#[test]
+fn listen_pid_of_another_process_is_ignored() {
+    // LISTEN_FDS meant for some other process (pid 1): the daemon binds its own socket instead.
+    let mut daemon = DaemonBuilder::new()
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", "1")
+        .arg("--sink")
+        .arg("stdout")
+        .start();
+    assert!(
+        daemon
+            .stderr()
+            .contains(&format!("serving {}", daemon.socket.display()))
+    );
+    send(&daemon.socket, b"bound it myself\n");
+    assert!(daemon.stop().success());
+    assert!(
+        daemon.stdout().contains("bound it myself"),
+        "{}",
+        daemon.stdout()
+    );
+    assert!(!daemon.socket.exists(), "its own socket is removed on exit");
+}
+
+#[test]
+fn inherited_datagram_socket_is_a_startup_error() {
+    let dir = temp_dir();
+    let path = dir.path().join("dgram.sock");
+    let child = Command::new("systemd-socket-activate")
+        .args(["--datagram", "-l"])
+        .arg(&path)
+        .args([APP, "serve"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate");
+    // It starts the daemon when the first datagram arrives.
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the datagram socket",
+        || path.exists().then_some(()),
+    );
+    std::os::unix::net::UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"x", &path)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("app: fd 3: a datagram socket"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real binary, real sockets, and (in tests named `*journald*`, which
+//! need root) a real systemd-journald.
+
+mod activation;
+mod cli;
+mod config;
+mod logging;
+mod protocol;
+mod socket;
+mod support;

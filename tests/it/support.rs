@@ -1,0 +1,405 @@
+//! Test fixtures: a real journald in a private mount namespace, the daemon as a subprocess, and
+//! small clients.
+//!
+//! Tests whose name contains `journald` or ends in `_root` need root (they create mount namespaces and run
+//! systemd-journald); they fail with a message saying so when run without it. CI runs as root.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const APP: &str = env!("CARGO_BIN_EXE_app");
+
+/// Fails the test, loudly, when it cannot do what it is about.
+pub fn require_root(what: &str) {
+    if !rustix::process::geteuid().is_root() {
+        panic!(
+            "{what} needs root (private mount namespaces, a real systemd-journald). \
+             Run the suite as root (`sudo -E cargo test`, or `bash .ci/run` as CI does), \
+             or leave these tests out explicitly with `cargo test -- --skip journald`."
+        );
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A systemd-journald of our own: private `/run` and `/var/log/journal` (tmpfs), volatile
+/// storage, no rate limit, and `max_dgram_qlen` 512 as under systemd (its own network
+/// namespace, which does not affect Unix sockets reached by path).
+pub struct Journald {
+    child: Child,
+}
+
+impl Journald {
+    pub fn start() -> Journald {
+        require_root("a real journald");
+        let script = r#"set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/log/journal 2>/dev/null || { mkdir -p /var/log/journal && mount -t tmpfs tmpfs /var/log/journal; }
+mkdir -p /run/systemd/journald.conf.d
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\nRuntimeMaxUse=1G\nRuntimeMaxFileSize=256M\n' > /run/systemd/journald.conf.d/test.conf
+echo 512 > /proc/sys/net/unix/max_dgram_qlen
+exec /lib/systemd/systemd-journald"#;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--net", "--"])
+            .args(["setpriv", "--pdeathsig", "KILL", "--", "sh", "-c", script])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning unshare for journald");
+        let j = Journald { child };
+        let socket = j.root().join("run/systemd/journal/socket");
+        let stdout = j.root().join("run/systemd/journal/stdout");
+        wait_until(Duration::from_secs(10), "journald's sockets", || {
+            (socket.exists() && stdout.exists()).then_some(())
+        });
+        j
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// journald's view of `/`: its private `/run` is under here.
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid()))
+    }
+
+    /// A command that runs inside journald's mount namespace (so it sees journald's `/run`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args([
+            "--target",
+            &self.pid().to_string(),
+            "--mount",
+            "--",
+            program,
+        ]);
+        c
+    }
+
+    /// Every entry with `SYSLOG_IDENTIFIER=identifier`, in journal order.
+    pub fn entries(&self, identifier: &str) -> Vec<Entry> {
+        self.query(&[&format!("SYSLOG_IDENTIFIER={identifier}")])
+    }
+
+    pub fn query(&self, matches: &[&str]) -> Vec<Entry> {
+        let dir = self.root().join("run/log/journal");
+        let out = Command::new("journalctl")
+            .arg("-D")
+            .arg(&dir)
+            .args(["-o", "json", "--all", "--no-pager", "-q"])
+            .args(matches)
+            .output()
+            .expect("running journalctl");
+        assert!(
+            out.status.success(),
+            "journalctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| Entry(serde_json::from_slice(l).expect("journalctl JSON")))
+            .collect()
+    }
+
+    /// Waits until at least `n` entries with `identifier` are in, then a little longer to catch
+    /// any duplicate, and returns them all.
+    pub fn wait_for(&self, identifier: &str, n: usize) -> Vec<Entry> {
+        let timeout = Duration::from_secs(30 + n as u64 / 5000);
+        wait_until(timeout, &format!("{n} entries of {identifier}"), || {
+            (self.entries(identifier).len() >= n).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        self.entries(identifier)
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One journal entry as `journalctl -o json` prints it.
+#[derive(Debug, Clone)]
+pub struct Entry(pub serde_json::Map<String, serde_json::Value>);
+
+impl Entry {
+    /// A field's bytes: journalctl prints text as a string and binary as an array of numbers.
+    pub fn bytes(&self, field: &str) -> Option<Vec<u8>> {
+        match self.0.get(field)? {
+            serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| v.as_u64().expect("byte array") as u8)
+                    .collect(),
+            ),
+            other => panic!("{field}: unexpected JSON {other}"),
+        }
+    }
+
+    pub fn str(&self, field: &str) -> Option<String> {
+        self.bytes(field)
+            .map(|b| String::from_utf8(b).expect("UTF-8 field"))
+    }
+
+    pub fn get(&self, field: &str) -> String {
+        self.str(field)
+            .unwrap_or_else(|| panic!("entry has no {field}: {self:?}"))
+    }
+}
+
+/// A temporary directory that other users can enter (for clients running as nobody).
+pub fn temp_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A unique `journal.identifier` for a test, so that its entries are easy to find.
+pub fn identifier(test: &str) -> String {
+    format!("t-{test}-{}", std::process::id())
+}
+
+/// How to start the daemon.
+pub struct DaemonBuilder<'a> {
+    journald: Option<&'a Journald>,
+    env: HashMap<String, String>,
+    args: Vec<String>,
+    activate: Option<Vec<String>>,
+    config: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    /// Holds the socket, config and output files; removed when the daemon is dropped.
+    _dir: tempfile::TempDir,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl<'a> DaemonBuilder<'a> {
+    pub fn new() -> Self {
+        DaemonBuilder {
+            journald: None,
+            env: HashMap::new(),
+            args: Vec::new(),
+            activate: None,
+            config: None,
+            dir: temp_dir(),
+        }
+    }
+
+    /// Runs the daemon inside `journald`'s mount namespace, so that its messages go there.
+    pub fn journald(mut self, j: &'a Journald) -> Self {
+        self.journald = Some(j);
+        self
+    }
+
+    pub fn identifier(self, id: &str) -> Self {
+        self.env("APP_JOURNAL__IDENTIFIER", id)
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.to_owned(), v.to_owned());
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    /// The contents of a `--config` file.
+    pub fn config(mut self, text: &str) -> Self {
+        self.config = Some(text.to_owned());
+        self
+    }
+
+    /// Starts the daemon under `systemd-socket-activate` with these extra arguments (for example
+    /// `["-l", "127.0.0.1:5140"]`); the daemon's socket path is always passed first.
+    pub fn activated(mut self, extra: &[&str]) -> Self {
+        self.activate = Some(extra.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    pub fn start(self) -> Daemon {
+        let socket = self.dir.path().join("app.sock");
+        let stdout = self.dir.path().join("stdout");
+        let stderr = self.dir.path().join("stderr");
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(extra) = &self.activate {
+            argv.extend(["systemd-socket-activate".to_owned(), "-l".to_owned()]);
+            argv.push(socket.display().to_string());
+            argv.extend(extra.iter().cloned());
+            // systemd-socket-activate gives the daemon a fresh environment: pass ours along.
+            for (k, v) in &self.env {
+                argv.push(format!("-E{k}={v}"));
+            }
+        }
+        argv.push(APP.to_owned());
+        if let Some(text) = &self.config {
+            let path = self.dir.path().join("app.toml");
+            std::fs::write(&path, text).unwrap();
+            argv.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        argv.push("serve".to_owned());
+        if self.activate.is_none() {
+            argv.extend(["--socket".to_owned(), socket.display().to_string()]);
+        }
+        argv.extend(self.args.iter().cloned());
+
+        let mut cmd = match self.journald {
+            Some(j) => {
+                let mut c = j.command(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        let child = cmd
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawning the daemon");
+        let mut d = Daemon {
+            child: Some(child),
+            socket,
+            _dir: self.dir,
+            stdout,
+            stderr,
+        };
+        // systemd-socket-activate, like systemd, starts the daemon on the first connection.
+        d.wait_listening(if self.activate.is_some() {
+            "Listening on "
+        } else {
+            "serving "
+        });
+        d
+    }
+}
+
+impl Daemon {
+    fn wait_listening(&mut self, marker: &str) {
+        let socket = self.socket.clone();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({status}): {}", self.stderr());
+            }
+            // The daemon's startup line comes after every listener is registered.
+            if socket.exists() && self.stderr().contains(marker) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("daemon not listening after 10s: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// SIGTERM, then the exit status (panics if it takes over 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let status = wait_until(timeout, "the daemon to exit", || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Connects, writes `bytes`, closes the write side and waits for the daemon to close in turn
+/// (which it does once it has taken everything). Returns what the daemon wrote back.
+pub fn send(socket: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).expect("connecting to the daemon");
+    s.write_all(bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// Runs the app binary with a clean environment and returns (status, stdout, stderr).
+pub fn run_app(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(APP)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
