@@ -695,3 +695,49 @@ mod tests {
         assert!(e.to_string().starts_with("/nonexistent/app.toml: "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped_file {
+    use super::*;
+
+    /// The shipped `packaging/app.toml` lists every key with its default: uncommented, it must
+    /// load and give exactly the built-in defaults (with the example group left out).
+    #[test]
+    fn shipped_config_lists_every_key_with_its_default() {
+        let shipped = include_str!("../packaging/app.toml");
+        let uncommented: String =
+            shipped
+                .lines()
+                .map(
+                    |l| match l.strip_prefix("# ").and_then(|kv| kv.split_once(" = ")) {
+                        Some((key, _))
+                            if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
+                        {
+                            if key == "group" { "" } else { &l[2..] }
+                        }
+                        _ if l.starts_with('#') => "",
+                        _ => l,
+                    },
+                )
+                .collect::<Vec<_>>()
+                .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let env = HashMap::new();
+        let load_from = |file| {
+            load(&Sources {
+                file,
+                env: &env,
+                overrides: Overrides::default(),
+                euid: 0,
+            })
+            .unwrap()
+        };
+        let from_file = load_from(ConfigFile::Explicit(path));
+        let defaults = load_from(ConfigFile::Default(dir.path().join("absent.toml")));
+        assert_eq!(from_file, defaults);
+        let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
+        assert_eq!(keys, 13, "every key but socket.group, once:\n{uncommented}");
+    }
+}
