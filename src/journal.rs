@@ -101,6 +101,20 @@ pub enum Peer {
     Tcp(std::net::SocketAddr),
 }
 
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Unix {
+                pid: Some(pid),
+                uid,
+                ..
+            } => write!(f, "pid {pid} uid {uid}"),
+            Peer::Unix { pid: None, uid, .. } => write!(f, "uid {uid}"),
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 /// One message, ready to encode.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod journal;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod notify;

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -11,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use app::cli::{Cli, Command, ServeArgs};
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
 use app::error::{EXIT_FAILURE, Error};
-use app::{listener, logging, notify::Notifier, server, shutdown};
+use app::lifecycle::Control;
+use app::notify::{self, Notifier};
+use app::{listener, logging, server, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,24 +45,43 @@ fn chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// The configuration sources, kept so that a reload reads exactly the same layers again.
+struct ConfigInputs {
+    file: ConfigFile,
+    env: HashMap<String, String>,
+    overrides: Overrides,
+}
+
+impl ConfigInputs {
+    fn new(cli: &Cli, args: &ServeArgs) -> Self {
+        ConfigInputs {
+            file: match &cli.config {
+                Some(path) => ConfigFile::Explicit(path.clone()),
+                None => ConfigFile::Default(config::DEFAULT_CONFIG_PATH.into()),
+            },
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+            overrides: Overrides {
+                socket_path: args.socket.clone(),
+                sink: args.sink,
+                log_level: args.log_level.clone(),
+            },
+        }
+    }
+
+    fn load(&self) -> Result<Settings, Error> {
+        config::load(&Sources {
+            file: self.file.clone(),
+            env: &self.env,
+            overrides: self.overrides.clone(),
+            euid: rustix::process::geteuid().as_raw(),
+        })
+    }
+}
+
 fn load_settings(cli: &Cli, args: &ServeArgs) -> Result<Settings, Error> {
-    let env: HashMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let file = match &cli.config {
-        Some(path) => ConfigFile::Explicit(path.clone()),
-        None => ConfigFile::Default(config::DEFAULT_CONFIG_PATH.into()),
-    };
-    config::load(&Sources {
-        file,
-        env: &env,
-        overrides: Overrides {
-            socket_path: args.socket.clone(),
-            sink: args.sink,
-            log_level: args.log_level.clone(),
-        },
-        euid: rustix::process::geteuid().as_raw(),
-    })
+    ConfigInputs::new(cli, args).load()
 }
 
 fn check_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
@@ -85,19 +105,36 @@ fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
 
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // Everything that touches the environment happens here, before any thread exists.
+    let inputs = ConfigInputs::new(cli, args);
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     // SAFETY: single-threaded so far: no runtime, no other thread.
     let notifier = unsafe { Notifier::from_env() };
-    let settings = match load_settings(cli, args) {
-        Ok(s) => s,
+    // SAFETY: as above.
+    let watchdog = unsafe { notify::take_watchdog() };
+    let result = (|| {
+        let settings = inputs.load()?;
+        let log = logging::init(&settings.service.log_level, journal_stream.as_deref());
+        // SAFETY: as above, still single-threaded.
+        let listeners = unsafe { listener::acquire(&settings.socket) }?;
+        anyhow::Ok((settings, log, listeners))
+    })();
+    let (settings, log, listeners) = match result {
+        Ok(parts) => parts,
         Err(e) => {
-            notifier.send_logged(&format!("STATUS=configuration error: {e}\nERRNO=22"));
-            return Err(e.into());
+            // No READY=1: systemd sees the start fail, with the reason in `systemctl status`.
+            let errno = e
+                .downcast_ref::<Error>()
+                .map_or(5, |e| match e.exit_code() {
+                    EXIT_FAILURE => 5, // EIO
+                    _ => 22,           // EINVAL
+                });
+            notifier.send_logged(&format!(
+                "STATUS=failed to start: {}\nERRNO={errno}",
+                chain(&e)
+            ));
+            return Err(e);
         }
     };
-    let _log = logging::init(&settings.service.log_level, journal_stream.as_deref());
-    // SAFETY: as above, still single-threaded.
-    let listeners = unsafe { listener::acquire(&settings.socket) }?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,9 +142,16 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let token = CancellationToken::new();
-        shutdown::on_signals(token.clone()).context("installing signal handlers")?;
-        let (_settings_tx, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
-        server::run(listeners, settings_rx, token, notifier).await?;
+        let reload = shutdown::on_signals(token.clone()).context("installing signal handlers")?;
+        let control = Control {
+            shutdown: token,
+            reload: Some(reload),
+            reloader: Some(Box::new(move || inputs.load())),
+            notifier,
+            watchdog,
+            log: Some(log),
+        };
+        server::run(listeners, settings, control).await?;
         Ok(())
     })
 }

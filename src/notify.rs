@@ -46,6 +46,26 @@ impl Notifier {
         self.send_logged("STOPPING=1");
     }
 
+    /// `RELOADING=1` with the `MONOTONIC_USEC=` stamp that systemd ≥ 253 requires (and 252
+    /// ignores): it tells a reload that completed from one that merely started.
+    pub fn reloading(&self) {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000;
+        self.send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+    }
+
+    pub fn status(&self, text: &str) {
+        self.send_logged(&format!("STATUS={text}"));
+    }
+
+    pub fn watchdog(&self) {
+        self.send_logged("WATCHDOG=1");
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.socket.is_some()
+    }
+
     /// Sends `state` (newline-separated `KEY=value` assignments). Failures are logged, never
     /// fatal: a daemon must not die because its supervisor's socket hiccuped.
     pub fn send_logged(&self, state: &str) {
@@ -70,6 +90,21 @@ impl Notifier {
         socket.send_to_addr(state.as_bytes(), &addr)?;
         Ok(())
     }
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`, if `WATCHDOG_PID` is unset or
+/// ours), after unsetting both so that children do not inherit them.
+///
+/// # Safety
+/// Mutates the process environment: call before any other thread exists.
+pub unsafe fn take_watchdog() -> Option<std::time::Duration> {
+    let interval = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+    }
+    interval
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -13,15 +13,31 @@ use crate::config::Settings;
 use crate::connection::{self, Stream};
 use crate::error::Error;
 use crate::journal::{self, Peer, SinkHandle, Target};
+use crate::lifecycle::{Control, Heartbeat, Supervisor, Watchdog};
 use crate::listener::{Listeners, Socket};
-use crate::notify::Notifier;
 
 /// Live figures, for `STATUS=` and the logs.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Clients connected now.
     pub clients: AtomicUsize,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
     pub messages: AtomicU64,
     pub suppressed: AtomicU64,
+}
+
+impl Stats {
+    /// `2 clients, 1042 messages, 0 suppressed`: what `systemctl status` shows.
+    pub fn summary(&self) -> String {
+        let clients = self.clients.load(Ordering::Relaxed);
+        format!(
+            "{clients} client{}, {} messages, {} suppressed",
+            if clients == 1 { "" } else { "s" },
+            self.messages.load(Ordering::Relaxed),
+            self.suppressed.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// What every connection task shares.
@@ -33,45 +49,42 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
-/// Serves `listeners` until `shutdown` is cancelled (or, for an `Accept=yes` connection, until
-/// the client leaves), then drains the connections and the sink.
+/// Serves `listeners` until `control.shutdown` is cancelled (or, for an `Accept=yes`
+/// connection, until the client leaves), then drains the connections and the sink.
 ///
-/// `settings` may change while running (reload); `shutdown` is the caller's: production cancels
-/// it on SIGTERM/SIGINT, tests whenever they like.
-pub async fn run(
-    listeners: Listeners,
-    settings: watch::Receiver<Arc<Settings>>,
-    shutdown: CancellationToken,
-    notifier: Notifier,
-) -> Result<(), Error> {
-    let initial = settings.borrow().clone();
-    let target = Target::resolve(initial.journal.sink);
+/// The caller owns every trigger: production passes signals and systemd's notify socket in
+/// `control`, tests pass a token they cancel.
+pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> Result<(), Error> {
+    let target = Target::resolve(settings.journal.sink);
+    let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
     let (sink, sink_task) = journal::spawn(target);
     let stats = Arc::new(Stats::default());
+    let shutdown = control.shutdown.clone();
     let ctx = Context {
-        settings,
+        settings: settings_rx,
         sink,
         stats: stats.clone(),
         shutdown: shutdown.clone(),
     };
 
     let Listeners { sockets, bound } = listeners;
+    let inherited = bound.is_none();
     let single = !sockets.is_empty()
         && sockets
             .iter()
             .all(|l| matches!(l.socket, Socket::ConnectedUnix(_) | Socket::ConnectedTcp(_)));
     let named = sockets.len() > 1;
-    let limit = Arc::new(Semaphore::new(initial.limits.max_connections.get()));
     let next_id = Arc::new(AtomicU64::new(1));
     let tracker = TaskTracker::new();
     let accept_loops = TaskTracker::new();
+    let mut hearts = Vec::new();
+    // Accept loops wake this often to show the watchdog they are alive.
+    let beat_every = control.watchdog.map(|w| w / 4);
 
     for listener in sockets {
-        listener
-            .socket
-            .set_nonblocking()
-            .map_err(|e| Error::io(format!("{}: set_nonblocking", listener.origin), e))?;
-        let socket_name: Option<Arc<str>> = named.then(|| Arc::from(listener.name.as_str()));
+        let origin = listener.origin.clone();
+        let registering = |e| Error::io(format!("{origin}: registering with the runtime"), e);
+        listener.socket.set_nonblocking().map_err(registering)?;
         tracing::info!(
             "serving {} ({}, name {}), messages to {}",
             listener.origin,
@@ -82,55 +95,61 @@ pub async fn run(
                 Target::Stdout => "stdout",
             }
         );
+        let heart = Arc::new(Heartbeat::default());
         let accept = Accept {
             ctx: ctx.clone(),
             tracker: tracker.clone(),
-            limit: limit.clone(),
             next_id: next_id.clone(),
-            socket_name,
+            socket_name: named.then(|| Arc::from(listener.name.as_str())),
+            heartbeat: beat_every.map(|every| (heart.clone(), every)),
         };
         match listener.socket {
             Socket::Unix(l) => {
-                let l = tokio::net::UnixListener::from_std(l)
-                    .map_err(|e| Error::io(format!("{}: registering", listener.origin), e))?;
-                accept_loops.spawn(accept.unix_loop(l));
+                let l = tokio::net::UnixListener::from_std(l).map_err(registering)?;
+                hearts.push(heart);
+                accept_loops.spawn(accept.run(Incoming::Unix(l)));
             }
             Socket::Tcp(l) => {
-                let l = tokio::net::TcpListener::from_std(l)
-                    .map_err(|e| Error::io(format!("{}: registering", listener.origin), e))?;
-                accept_loops.spawn(accept.tcp_loop(l));
+                let l = tokio::net::TcpListener::from_std(l).map_err(registering)?;
+                hearts.push(heart);
+                accept_loops.spawn(accept.run(Incoming::Tcp(l)));
             }
             Socket::ConnectedUnix(s) => {
-                let s = tokio::net::UnixStream::from_std(s)
-                    .map_err(|e| Error::io(format!("{}: registering", listener.origin), e))?;
-                accept.unix_connection(s);
+                accept.unix_connection(tokio::net::UnixStream::from_std(s).map_err(registering)?);
             }
             Socket::ConnectedTcp(s) => {
-                let s = tokio::net::TcpStream::from_std(s)
-                    .map_err(|e| Error::io(format!("{}: registering", listener.origin), e))?;
-                accept.tcp_connection(s);
+                accept.tcp_connection(tokio::net::TcpStream::from_std(s).map_err(registering)?);
             }
         }
     }
     accept_loops.close();
-    notifier.ready();
+    let notifier = control.notifier.clone();
+    notifier.send_logged(&format!("READY=1\nSTATUS={}", stats.summary()));
 
+    let supervisor = Supervisor {
+        settings: settings_tx,
+        stats: stats.clone(),
+        control,
+        inherited,
+        watchdog: Watchdog::new(hearts),
+    };
     if single {
         // Accept=yes: the one connection is the whole job.
         tracker.close();
         tokio::select! {
             () = tracker.wait() => {}
-            () = shutdown.cancelled() => {}
+            () = supervisor.run() => {}
         }
     } else {
-        shutdown.cancelled().await;
+        supervisor.run().await;
     }
 
-    notifier.stopping();
+    notifier.send_logged(&format!("STOPPING=1\nSTATUS=stopping: {}", stats.summary()));
     let timeout = ctx.settings.borrow().service.shutdown_timeout;
     let started = tokio::time::Instant::now();
+    shutdown.cancel();
     accept_loops.wait().await;
-    // Stop accepting: a client connecting from now on is refused by the kernel, not left hanging.
+    // Not accepting any more: a client connecting from now on is refused, not left hanging.
     drop(bound);
     tracker.close();
     tracing::debug!(
@@ -147,44 +166,47 @@ pub async fn run(
             "the journal did not take the last messages within service.shutdown_timeout; exiting anyway"
         );
     }
+    tracing::info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+enum Incoming {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
 }
 
 /// One listener's accept loop and what it needs to start connections.
 struct Accept {
     ctx: Context,
     tracker: TaskTracker,
-    limit: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
     socket_name: Option<Arc<str>>,
+    heartbeat: Option<(Arc<Heartbeat>, Duration)>,
 }
 
 impl Accept {
-    async fn unix_loop(self, listener: tokio::net::UnixListener) {
+    async fn run(self, listener: Incoming) {
         let mut backoff = Backoff::default();
+        let mut beat = tokio::time::interval(
+            self.heartbeat
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |h| h.1),
+        );
         loop {
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        backoff.reset();
-                        self.unix_connection(stream);
+                _ = beat.tick(), if self.heartbeat.is_some() => {
+                    if let Some((heart, _)) = &self.heartbeat {
+                        heart.beat();
                     }
-                    Err(e) => backoff.wait(&e).await,
-                },
-            }
-        }
-    }
-
-    async fn tcp_loop(self, listener: tokio::net::TcpListener) {
-        let mut backoff = Backoff::default();
-        loop {
-            tokio::select! {
-                () = self.ctx.shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                }
+                accepted = accept(&listener) => match accepted {
+                    Ok(stream) => {
                         backoff.reset();
-                        self.tcp_connection(stream);
+                        match stream {
+                            Accepted::Unix(s) => self.unix_connection(s),
+                            Accepted::Tcp(s) => self.tcp_connection(s),
+                        }
                     }
                     Err(e) => backoff.wait(&e).await,
                 },
@@ -216,26 +238,65 @@ impl Accept {
     }
 
     fn start(&self, stream: Stream, peer: Peer) {
-        // The permit lives as long as the connection task: it is the connection limit.
-        let permit: OwnedSemaphorePermit = match self.limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                stream.notify("app: too many connections\n");
-                tracing::warn!("refused a connection from {peer:?}: too many connections");
-                return;
-            }
-        };
+        let stats = &self.ctx.stats;
+        let max = self.ctx.settings.borrow().limits.max_connections.get();
+        // The count is the connection limit; it follows max_connections live on reload.
+        if stats
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            stream.notify("app: too many connections\n");
+            tracing::warn!("refused a connection from {peer}: too many connections");
+            return;
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx.clone();
         let socket_name = self.socket_name.clone();
         self.tracker.spawn(async move {
-            let _permit = permit;
-            ctx.stats.clients.fetch_add(1, Ordering::Relaxed);
             let stats = ctx.stats.clone();
-            connection::serve(stream, peer, id, socket_name, ctx).await;
-            stats.clients.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!("connection {id} from {peer}");
+            let who = peer.to_string();
+            let served = contain(connection::serve(stream, peer, id, socket_name, ctx)).await;
+            stats.clients.fetch_sub(1, Ordering::AcqRel);
+            if let Err(panic) = served {
+                tracing::error!(
+                    "connection {id} from {who} panicked: {panic}; it was closed, other clients are unaffected"
+                );
+            }
         });
     }
+}
+
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(listener: &Incoming) -> io::Result<Accepted> {
+    match listener {
+        Incoming::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        Incoming::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+    }
+}
+
+/// Runs `fut`, turning a panic into an error message: a bug hit by one client must not take
+/// down the daemon or any other client.
+pub async fn contain<F: std::future::Future<Output = ()>>(fut: F) -> Result<(), String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned())
+        })
 }
 
 /// Retry pacing for a failing `accept` (EMFILE, ENFILE, ENOMEM): the daemon keeps serving its
@@ -258,5 +319,31 @@ impl Backoff {
             self.delay = (self.delay * 2).min(Duration::from_secs(1));
         }
         tokio::time::sleep(self.delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_is_contained() {
+        let other = tokio::spawn(async { 42 });
+        let result = contain(async { panic!("bad input") }).await;
+        assert_eq!(result, Err("bad input".to_owned()));
+        let formatted = contain(async { panic!("client {}", 7) }).await;
+        assert_eq!(formatted, Err("client 7".to_owned()));
+        assert_eq!(other.await.unwrap(), 42, "other tasks carry on");
+        assert_eq!(contain(async {}).await, Ok(()));
+    }
+
+    #[test]
+    fn status_summary() {
+        let stats = Stats::default();
+        stats.clients.store(1, Ordering::Relaxed);
+        stats.messages.store(1042, Ordering::Relaxed);
+        assert_eq!(stats.summary(), "1 client, 1042 messages, 0 suppressed");
+        stats.clients.store(3, Ordering::Relaxed);
+        assert_eq!(stats.summary(), "3 clients, 1042 messages, 0 suppressed");
     }
 }

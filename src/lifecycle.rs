@@ -1,0 +1,293 @@
+//! What runs beside the accept loops (DESIGN §4): reload on SIGHUP, `STATUS=`, the watchdog and
+//! the idle exit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::logging::LogHandle;
+use crate::notify::Notifier;
+use crate::server::Stats;
+
+/// Re-reads the configuration (all layers) for a reload.
+pub type Reloader = Box<dyn FnMut() -> Result<Settings, Error> + Send>;
+
+/// How the outside world steers a running server. Production wires signals and systemd into
+/// it; tests pass what they control.
+pub struct Control {
+    /// Cancelled to stop (SIGTERM/SIGINT in production).
+    pub shutdown: CancellationToken,
+    /// One message per reload request (SIGHUP in production).
+    pub reload: Option<mpsc::Receiver<()>>,
+    pub reloader: Option<Reloader>,
+    pub notifier: Notifier,
+    /// `WATCHDOG_USEC`, when systemd wants keep-alive pings.
+    pub watchdog: Option<Duration>,
+    /// Applies `service.log_level` on reload.
+    pub log: Option<LogHandle>,
+}
+
+impl Control {
+    /// A server stopped by `shutdown` and nothing else: no reload, no notifications.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Control {
+            shutdown,
+            reload: None,
+            reloader: None,
+            notifier: Notifier::disabled(),
+            watchdog: None,
+            log: None,
+        }
+    }
+}
+
+/// How often the supervisor looks at the figures and the idle clock.
+const TICK: Duration = Duration::from_millis(250);
+/// `STATUS=` is sent when the figures change, but not more often than this.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts the wake-ups of one accept loop, so the watchdog can tell it still runs.
+#[derive(Debug, Default)]
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The watchdog's rule: ping only if every accept loop woke up since the last check.
+#[derive(Debug)]
+pub struct Watchdog {
+    hearts: Vec<Arc<Heartbeat>>,
+    seen: Vec<u64>,
+}
+
+impl Watchdog {
+    pub fn new(hearts: Vec<Arc<Heartbeat>>) -> Self {
+        let seen = hearts.iter().map(|h| h.0.load(Ordering::Relaxed)).collect();
+        Watchdog { hearts, seen }
+    }
+
+    /// True when every accept loop made progress since the previous call.
+    pub fn all_alive(&mut self) -> bool {
+        let mut alive = true;
+        for (heart, seen) in self.hearts.iter().zip(self.seen.iter_mut()) {
+            let now = heart.0.load(Ordering::Relaxed);
+            alive &= now != *seen;
+            *seen = now;
+        }
+        alive
+    }
+}
+
+pub(crate) struct Supervisor {
+    pub settings: watch::Sender<Arc<Settings>>,
+    pub stats: Arc<Stats>,
+    pub control: Control,
+    /// Idle exit applies only when systemd holds the socket for us.
+    pub inherited: bool,
+    pub watchdog: Watchdog,
+}
+
+impl Supervisor {
+    /// Runs until shutdown; cancels it itself when the idle timeout expires.
+    pub async fn run(mut self) {
+        let shutdown = self.control.shutdown.clone();
+        let mut reload = self.control.reload.take();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let watchdog_every = self.control.watchdog.map(|w| w / 2);
+        // (The placeholder period is never used: the branch is disabled without a watchdog.)
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        watchdog_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut status = StatusLine::default();
+        let mut idle = IdleClock::new(&self.stats);
+        let mut watchdog_failing = false;
+
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(()) = recv(&mut reload) => self.reload(),
+                _ = tick.tick() => {
+                    status.update(&self.stats, &self.control.notifier);
+                    let timeout = self.settings.borrow().service.idle_timeout;
+                    if self.inherited && idle.expired(&self.stats, timeout) {
+                        tracing::info!(
+                            "no clients for {}: exiting (systemd keeps the socket)",
+                            humantime::format_duration(timeout)
+                        );
+                        shutdown.cancel();
+                        return;
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
+                    if self.watchdog.all_alive() {
+                        self.control.notifier.watchdog();
+                        watchdog_failing = false;
+                    } else if !watchdog_failing {
+                        tracing::error!("an accept loop stopped making progress: withholding WATCHDOG=1");
+                        watchdog_failing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let notifier = &self.control.notifier;
+        notifier.reloading();
+        let Some(reloader) = self.control.reloader.as_mut() else {
+            tracing::warn!("reload requested, but this server has no configuration source");
+            notifier.ready();
+            return;
+        };
+        match reloader() {
+            Ok(new) => {
+                let old = self.settings.borrow().clone();
+                let applied = apply_live(&old, new);
+                if applied.service.log_level != old.service.log_level
+                    && let Some(log) = &self.control.log
+                    && let Err(e) = log.set_level(&applied.service.log_level)
+                {
+                    tracing::warn!("service.log_level: {e}");
+                }
+                self.settings.send_replace(Arc::new(applied));
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!("reload failed, keeping the running configuration: {e}");
+                notifier.status(&format!("reload failed: {e}"));
+            }
+        }
+        notifier.ready();
+    }
+}
+
+/// The new settings, less what cannot change without a restart (which is kept, with a warning).
+pub fn apply_live(old: &Settings, new: Settings) -> Settings {
+    let needs_restart = [
+        ("socket.path", old.socket.path != new.socket.path),
+        ("socket.mode", old.socket.mode != new.socket.mode),
+        ("socket.group", old.socket.group != new.socket.group),
+        ("journal.sink", old.journal.sink != new.journal.sink),
+    ];
+    for (key, changed) in needs_restart {
+        if changed {
+            tracing::warn!("{key} changed: it takes effect when the service restarts");
+        }
+    }
+    let mut applied = new;
+    applied.socket = old.socket.clone();
+    applied.journal.sink = old.journal.sink;
+    applied
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `STATUS=` text, sent when it changes and at most once a second.
+#[derive(Default)]
+struct StatusLine {
+    last: String,
+    sent_at: Option<Instant>,
+}
+
+impl StatusLine {
+    fn update(&mut self, stats: &Stats, notifier: &Notifier) {
+        if !notifier.is_enabled() {
+            return;
+        }
+        let text = stats.summary();
+        let due = self.sent_at.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        if text != self.last && due {
+            notifier.status(&text);
+            self.last = text;
+            self.sent_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Measures how long the server has had no client at all.
+struct IdleClock {
+    since: Instant,
+    accepted: u64,
+}
+
+impl IdleClock {
+    fn new(stats: &Stats) -> Self {
+        IdleClock {
+            since: Instant::now(),
+            accepted: stats.accepted.load(Ordering::Relaxed),
+        }
+    }
+
+    fn expired(&mut self, stats: &Stats, timeout: Duration) -> bool {
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        // A client that came and went between two ticks still resets the clock.
+        if stats.clients.load(Ordering::Relaxed) > 0 || accepted != self.accepted {
+            self.accepted = accepted;
+            self.since = Instant::now();
+            return false;
+        }
+        !timeout.is_zero() && self.since.elapsed() >= timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_needs_every_loop_to_progress() {
+        let a = Arc::new(Heartbeat::default());
+        let b = Arc::new(Heartbeat::default());
+        let mut w = Watchdog::new(vec![a.clone(), b.clone()]);
+        assert!(!w.all_alive(), "nobody beat yet");
+        a.beat();
+        b.beat();
+        assert!(w.all_alive());
+        a.beat(); // b is stuck
+        assert!(!w.all_alive());
+        a.beat();
+        b.beat();
+        assert!(w.all_alive());
+        assert!(
+            Watchdog::new(vec![]).all_alive(),
+            "no accept loop: the supervisor's tick is proof enough"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_clock_counts_only_time_without_clients() {
+        let stats = Stats::default();
+        let mut idle = IdleClock::new(&stats);
+        let timeout = Duration::from_secs(2);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(!idle.expired(&stats, timeout));
+        // A client connects and leaves between two looks: the clock restarts.
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert!(!idle.expired(&stats, timeout));
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert!(!idle.expired(&stats, timeout));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(idle.expired(&stats, timeout));
+        // Connected clients keep it from expiring.
+        stats.clients.fetch_add(1, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!idle.expired(&stats, timeout));
+        assert!(!idle.expired(&stats, Duration::ZERO));
+    }
+}
