@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Settings;
@@ -73,11 +74,7 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
     let mut drain_until: Option<Instant> = None;
 
     loop {
-        if settings_rx.has_changed().unwrap_or(false) {
-            settings = settings_rx.borrow_and_update().clone();
-            conn.framer
-                .set_max_line(settings.limits.max_line_bytes.get());
-        }
+        conn.refresh(&mut settings_rx, &mut settings);
         let flush_after = settings.protocol.flush_after;
         let quiet = conn.framer.has_pending() && !flush_after.is_zero();
 
@@ -106,6 +103,8 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
             }
         }
 
+        // A reload while we waited applies to what we are about to read.
+        conn.refresh(&mut settings_rx, &mut settings);
         // Read until the socket is empty, allocating the buffer only now that data flows.
         let mut buf = Vec::with_capacity(READ_SIZE);
         loop {
@@ -157,6 +156,15 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
+    /// Picks up settings changed by a reload.
+    fn refresh(&mut self, rx: &mut watch::Receiver<Arc<Settings>>, settings: &mut Arc<Settings>) {
+        if rx.has_changed().unwrap_or(false) {
+            *settings = rx.borrow_and_update().clone();
+            self.framer
+                .set_max_line(settings.limits.max_line_bytes.get());
+        }
+    }
+
     /// Frames `input` and hands the entries to the sink, one bounded batch at a time.
     async fn process(&mut self, mut input: &[u8], settings: &Settings) {
         while !input.is_empty() {

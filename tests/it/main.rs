@@ -4,6 +4,7 @@
 mod activation;
 mod cli;
 mod config;
+mod lifecycle;
 mod logging;
 mod protocol;
 mod socket;

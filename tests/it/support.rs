@@ -192,6 +192,8 @@ pub struct DaemonBuilder<'a> {
     activate: Option<Vec<String>>,
     config: Option<String>,
     dir: tempfile::TempDir,
+    socket: Option<PathBuf>,
+    socket_flag: bool,
 }
 
 pub struct Daemon {
@@ -212,6 +214,8 @@ impl<'a> DaemonBuilder<'a> {
             activate: None,
             config: None,
             dir: temp_dir(),
+            socket: None,
+            socket_flag: true,
         }
     }
 
@@ -248,8 +252,27 @@ impl<'a> DaemonBuilder<'a> {
         self
     }
 
+    /// Where the daemon's socket will be.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("app.sock"))
+    }
+
+    /// Leaves `--socket` out: the configuration must name the socket.
+    pub fn socket_from_config(mut self) -> Self {
+        self.socket_flag = false;
+        self
+    }
+
+    /// Uses this socket path instead of a fresh one.
+    pub fn at(mut self, socket: &Path) -> Self {
+        self.socket = Some(socket.to_owned());
+        self
+    }
+
     pub fn start(self) -> Daemon {
-        let socket = self.dir.path().join("app.sock");
+        let socket = self.socket_path();
         let stdout = self.dir.path().join("stdout");
         let stderr = self.dir.path().join("stderr");
         let mut argv: Vec<String> = Vec::new();
@@ -269,7 +292,7 @@ impl<'a> DaemonBuilder<'a> {
             argv.extend(["--config".to_owned(), path.display().to_string()]);
         }
         argv.push("serve".to_owned());
-        if self.activate.is_none() {
+        if self.activate.is_none() && self.socket_flag {
             argv.extend(["--socket".to_owned(), socket.display().to_string()]);
         }
         argv.extend(self.args.iter().cloned());
@@ -402,4 +425,89 @@ pub fn run_app(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The receiving end of `NOTIFY_SOCKET`, as systemd holds it.
+pub struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    /// What to put in `NOTIFY_SOCKET`.
+    pub address: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl NotifySocket {
+    pub fn new() -> Self {
+        let dir = temp_dir();
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        NotifySocket {
+            socket,
+            address: path.display().to_string(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// One in the abstract namespace (`@name`), which sd-notify alone cannot reach.
+    pub fn new_abstract() -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!(
+            "app-it-notify-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        NotifySocket {
+            socket,
+            address: format!("@{name}"),
+            _dir: None,
+        }
+    }
+
+    /// The next datagram, or `None` after `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Option<String> {
+        if timeout.is_zero() {
+            return None;
+        }
+        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    /// Datagrams until one contains `needle` (returned last); panics after `timeout`.
+    pub fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while let Some(left) = timeout.checked_sub(start.elapsed()) {
+            match self.recv(left) {
+                Some(m) => {
+                    let done = m.contains(needle);
+                    seen.push(m);
+                    if done {
+                        return seen;
+                    }
+                }
+                None => break,
+            }
+        }
+        panic!("no {needle:?} within {timeout:?}; got {seen:?}");
+    }
+
+    /// Everything that arrives during `period`.
+    pub fn collect(&self, period: Duration) -> Vec<(Instant, String)> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while let Some(left) = period.checked_sub(start.elapsed()) {
+            if left.is_zero() {
+                break;
+            }
+            if let Some(m) = self.recv(left) {
+                seen.push((Instant::now(), m));
+            }
+        }
+        seen
+    }
 }
