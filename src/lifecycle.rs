@@ -222,22 +222,32 @@ impl StatusLine {
 /// Measures how long the server has had no client at all.
 struct IdleClock {
     since: Instant,
-    accepted: u64,
+    /// Connections opened and closed when last looked at: any change is activity.
+    seen: (u64, u64),
 }
 
 impl IdleClock {
     fn new(stats: &Stats) -> Self {
         IdleClock {
             since: Instant::now(),
-            accepted: stats.accepted.load(Ordering::Relaxed),
+            seen: Self::activity(stats),
         }
     }
 
+    fn activity(stats: &Stats) -> (u64, u64) {
+        (
+            stats.accepted.load(Ordering::Relaxed),
+            stats.closed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// True once there has been no client for `timeout`. The clock restarts whenever a
+    /// connection opened or closed since the last look, so it may run up to one tick late,
+    /// never early.
     fn expired(&mut self, stats: &Stats, timeout: Duration) -> bool {
-        let accepted = stats.accepted.load(Ordering::Relaxed);
-        // A client that came and went between two ticks still resets the clock.
-        if stats.clients.load(Ordering::Relaxed) > 0 || accepted != self.accepted {
-            self.accepted = accepted;
+        let now = Self::activity(stats);
+        if stats.clients.load(Ordering::Relaxed) > 0 || now != self.seen {
+            self.seen = now;
             self.since = Instant::now();
             return false;
         }
@@ -278,6 +288,7 @@ mod tests {
         assert!(!idle.expired(&stats, timeout));
         // A client connects and leaves between two looks: the clock restarts.
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.closed.fetch_add(1, Ordering::Relaxed);
         tokio::time::advance(Duration::from_millis(600)).await;
         assert!(!idle.expired(&stats, timeout));
         tokio::time::advance(Duration::from_millis(1900)).await;
@@ -288,6 +299,14 @@ mod tests {
         stats.clients.fetch_add(1, Ordering::Relaxed);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(!idle.expired(&stats, timeout));
+        // It leaves: the clock starts at its departure, not at the last look.
+        stats.clients.fetch_sub(1, Ordering::Relaxed);
+        stats.closed.fetch_add(1, Ordering::Relaxed);
+        assert!(!idle.expired(&stats, timeout));
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(!idle.expired(&stats, timeout));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(idle.expired(&stats, timeout));
         assert!(!idle.expired(&stats, Duration::ZERO));
     }
 }

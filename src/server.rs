@@ -23,6 +23,8 @@ pub struct Stats {
     pub clients: AtomicUsize,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
+    /// Connections ended since start.
+    pub closed: AtomicU64,
     pub messages: AtomicU64,
     pub suppressed: AtomicU64,
 }
@@ -262,6 +264,7 @@ impl Accept {
             let who = peer.to_string();
             let served = contain(connection::serve(stream, peer, id, socket_name, ctx)).await;
             stats.clients.fetch_sub(1, Ordering::AcqRel);
+            stats.closed.fetch_add(1, Ordering::Relaxed);
             if let Err(panic) = served {
                 tracing::error!(
                     "connection {id} from {who} panicked: {panic}; it was closed, other clients are unaffected"
