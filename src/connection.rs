@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::journal::{Batch, Encoder, Peer, Record};
 use crate::protocol::{self, Framer, LineBreak, Message};
+use crate::ratelimit::Key;
 use crate::server::Context;
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
@@ -70,6 +71,12 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         },
         encoder,
         ctx: &ctx,
+        stream: &stream,
+        key: match &peer {
+            Peer::Unix { uid, .. } => Key::Uid(*uid),
+            Peer::Tcp(addr) => Key::Addr(addr.ip()),
+        },
+        told: None,
     };
     let mut drain_until: Option<Instant> = None;
 
@@ -153,6 +160,11 @@ struct Connection<'a> {
     line: LineState,
     encoder: Encoder,
     ctx: &'a Context,
+    stream: &'a Stream,
+    /// The rate-limit budget this client draws on.
+    key: Key,
+    /// The rate-limit window the client was last told about: it hears once per window.
+    told: Option<Instant>,
 }
 
 impl Connection<'_> {
@@ -182,7 +194,7 @@ impl Connection<'_> {
                 })
             };
             input = &input[used..];
-            self.send(batch).await;
+            self.send(batch, settings).await;
         }
     }
 
@@ -199,13 +211,42 @@ impl Connection<'_> {
             encode(m, line, encoder, settings, &mut batch);
             true
         });
-        self.send(batch).await;
+        self.send(batch, settings).await;
     }
 
-    async fn send(&self, batch: Batch) {
+    /// Applies the rate limit, then hands the batch to the sink.
+    async fn send(&mut self, mut batch: Batch, settings: &Settings) {
         let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let limits = &settings.limits;
+        let admission = self.ctx.limiter.admit(
+            self.key,
+            n,
+            limits.rate_limit_burst,
+            limits.rate_limit_interval,
+            Instant::now(),
+        );
+        if admission.allowed < n {
+            batch.truncate(admission.allowed as usize);
+            let dropped = n - admission.allowed;
+            self.ctx
+                .stats
+                .suppressed
+                .fetch_add(dropped, Ordering::Relaxed);
+            if self.told != Some(admission.window) {
+                self.told = Some(admission.window);
+                self.stream.notify(&format!(
+                    "app: rate limit reached ({} messages per {}): dropping messages\n",
+                    limits.rate_limit_burst,
+                    humantime::format_duration(limits.rate_limit_interval)
+                ));
+            }
+        }
+        let logged = batch.len() as u64;
         self.ctx.sink.send(batch).await;
-        self.ctx.stats.messages.fetch_add(n, Ordering::Relaxed);
+        self.ctx.stats.messages.fetch_add(logged, Ordering::Relaxed);
     }
 }
 

@@ -80,6 +80,15 @@ impl Batch {
         self.ends.len()
     }
 
+    /// Keeps the first `n` entries.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.ends.len() {
+            self.data
+                .truncate(if n == 0 { 0 } else { self.ends[n - 1] });
+            self.ends.truncate(n);
+        }
+    }
+
     pub fn is_full(&self) -> bool {
         self.data.len() >= BATCH_BYTES
     }
@@ -215,6 +224,34 @@ impl Encoder {
         }
         batch.ends.push(out.len());
     }
+}
+
+/// One entry of the daemon's own about a client (a suppression report, say), in the same
+/// stream as the client's messages, so that `journalctl -u app` shows it in place.
+pub fn notice(target: Target, identifier: &str, priority: u8, message: &str, about: &str) -> Batch {
+    let mut batch = Batch::default();
+    let out = &mut batch.data;
+    match target {
+        Target::Journal => {
+            push_field(out, b"MESSAGE", message.as_bytes());
+            out.extend_from_slice(b"PRIORITY=");
+            out.push(b'0' + priority);
+            out.push(b'\n');
+            push_field(out, b"SYSLOG_IDENTIFIER", identifier.as_bytes());
+            // "uid 1000" → CLIENT_UID=1000; "address 10.0.0.1" → CLIENT_ADDRESS=10.0.0.1
+            match about.split_once(' ') {
+                Some(("uid", uid)) => push_field(out, b"CLIENT_UID", uid.as_bytes()),
+                Some(("address", addr)) => push_field(out, b"CLIENT_ADDRESS", addr.as_bytes()),
+                _ => {}
+            }
+        }
+        Target::Stdout => {
+            let now = humantime::format_rfc3339_millis(SystemTime::now());
+            let _ = writeln!(out, "{now} {identifier}[app] <{priority}> {message}");
+        }
+    }
+    batch.ends.push(out.len());
+    batch
 }
 
 /// Appends `NAME=value\n`, or the length-prefixed form when the value holds a newline (exactly

@@ -14,6 +14,7 @@ pub mod listener;
 pub mod logging;
 pub mod notify;
 pub mod protocol;
+pub mod ratelimit;
 pub mod send;
 pub mod server;
 pub mod shutdown;

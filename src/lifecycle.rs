@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::error::Error;
+use crate::journal::{self, SinkHandle};
 use crate::logging::LogHandle;
 use crate::notify::Notifier;
+use crate::ratelimit::RateLimiter;
 use crate::server::Stats;
 
 /// Re-reads the configuration (all layers) for a reload.
@@ -90,6 +92,8 @@ impl Watchdog {
 pub(crate) struct Supervisor {
     pub settings: watch::Sender<Arc<Settings>>,
     pub stats: Arc<Stats>,
+    pub sink: SinkHandle,
+    pub limiter: Arc<RateLimiter>,
     pub control: Control,
     /// Idle exit applies only when systemd holds the socket for us.
     pub inherited: bool,
@@ -109,6 +113,7 @@ impl Supervisor {
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut status = StatusLine::default();
+        let mut refusals = Refusals::default();
         let mut idle = IdleClock::new(&self.stats);
         let mut watchdog_failing = false;
 
@@ -117,6 +122,8 @@ impl Supervisor {
                 () = shutdown.cancelled() => return,
                 Some(()) = recv(&mut reload) => self.reload(),
                 _ = tick.tick() => {
+                    self.report_suppressed().await;
+                    refusals.report(&self.stats, &self.settings.borrow());
                     status.update(&self.stats, &self.control.notifier);
                     let timeout = self.settings.borrow().service.idle_timeout;
                     if self.inherited && idle.expired(&self.stats, timeout) {
@@ -138,6 +145,20 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// One entry per rate-limit window that dropped messages, when that window ends.
+    async fn report_suppressed(&self) {
+        let (interval, identifier) = {
+            let s = self.settings.borrow();
+            (s.limits.rate_limit_interval, s.journal.identifier.clone())
+        };
+        for report in self.limiter.take_reports(interval, Instant::now()) {
+            let message = format!("suppressed {} messages from {}", report.dropped, report.key);
+            let about = report.key.to_string();
+            let batch = journal::notice(self.sink.target(), &identifier, 4, &message, &about);
+            self.sink.send(batch).await;
         }
     }
 
@@ -215,6 +236,37 @@ impl StatusLine {
             notifier.status(&text);
             self.last = text;
             self.sent_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Connection refusals, reported as one warning per burst (at most one per
+/// [`REFUSALS_EVERY`]), never one per refused client.
+#[derive(Default)]
+struct Refusals {
+    reported: u64,
+    at: Option<Instant>,
+}
+
+const REFUSALS_EVERY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn report(&mut self, stats: &Stats, settings: &Settings) {
+        let refused = stats.refused.load(Ordering::Relaxed);
+        let due = self.at.is_none_or(|t| t.elapsed() >= REFUSALS_EVERY);
+        if refused > self.reported && due {
+            tracing::warn!(
+                "refused {} connection{}: too many connections (limits.max_connections = {})",
+                refused - self.reported,
+                if refused - self.reported == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                settings.limits.max_connections
+            );
+            self.reported = refused;
+            self.at = Some(Instant::now());
         }
     }
 }

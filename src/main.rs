@@ -114,6 +114,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let result = (|| {
         let settings = inputs.load()?;
         let log = logging::init(&settings.service.log_level, journal_stream.as_deref());
+        server::raise_fd_limit(settings.limits.max_connections.get());
         // SAFETY: as above, still single-threaded.
         let listeners = unsafe { listener::acquire(&settings.socket) }?;
         anyhow::Ok((settings, log, listeners))

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::journal::{self, Peer, SinkHandle, Target};
 use crate::lifecycle::{Control, Heartbeat, Supervisor, Watchdog};
 use crate::listener::{Listeners, Socket};
+use crate::ratelimit::RateLimiter;
 
 /// Live figures, for `STATUS=` and the logs.
 #[derive(Debug, Default)]
@@ -27,6 +28,8 @@ pub struct Stats {
     pub closed: AtomicU64,
     pub messages: AtomicU64,
     pub suppressed: AtomicU64,
+    /// Connections refused by `limits.max_connections`.
+    pub refused: AtomicU64,
 }
 
 impl Stats {
@@ -42,12 +45,53 @@ impl Stats {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd starts services with a soft limit
+/// of 1024, well below `limits.max_connections` (4096). Says so if even the hard limit is short.
+pub fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return; // unlimited already
+    };
+    let target = hard.unwrap_or(soft.max(1 << 20));
+    let now = if target > soft {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: hard,
+            },
+        ) {
+            Ok(()) => {
+                tracing::debug!("raised the open-file limit from {soft} to {target}");
+                target
+            }
+            Err(e) => {
+                tracing::warn!("cannot raise the open-file limit above {soft}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // Each client is one descriptor; leave room for listeners, the journal socket and the runtime.
+    let needed = max_connections as u64 + 64;
+    if now < needed {
+        tracing::warn!(
+            "open-file limit {now} is below limits.max_connections + 64 = {needed}: \
+             accepting may fail with EMFILE before the connection limit is reached \
+             (raise LimitNOFILE= in the unit)"
+        );
+    }
+}
+
 /// What every connection task shares.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub settings: watch::Receiver<Arc<Settings>>,
     pub sink: SinkHandle,
     pub stats: Arc<Stats>,
+    pub limiter: Arc<RateLimiter>,
     pub shutdown: CancellationToken,
 }
 
@@ -66,6 +110,7 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         settings: settings_rx,
         sink,
         stats: stats.clone(),
+        limiter: Arc::new(RateLimiter::default()),
         shutdown: shutdown.clone(),
     };
 
@@ -131,6 +176,8 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     let supervisor = Supervisor {
         settings: settings_tx,
         stats: stats.clone(),
+        sink: ctx.sink.clone(),
+        limiter: ctx.limiter.clone(),
         control,
         inherited,
         watchdog: Watchdog::new(hearts),
@@ -250,8 +297,10 @@ impl Accept {
             })
             .is_err()
         {
+            // Reported in aggregate by the supervisor: one line per burst, not one per client.
             stream.notify("app: too many connections\n");
-            tracing::warn!("refused a connection from {peer}: too many connections");
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("refused a connection from {peer}: too many connections");
             return;
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -307,20 +356,27 @@ pub async fn contain<F: std::future::Future<Output = ()>>(fut: F) -> Result<(), 
 #[derive(Debug, Default)]
 struct Backoff {
     delay: Duration,
+    failures: u64,
 }
 
 impl Backoff {
     fn reset(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("accepting again, after {} failed attempts", self.failures);
+        }
         self.delay = Duration::ZERO;
+        self.failures = 0;
     }
 
+    /// Logs the first failure of a burst only: EMFILE under load would otherwise flood the log.
     async fn wait(&mut self, e: &io::Error) {
-        if self.delay.is_zero() {
-            tracing::warn!("accept failed: {e}; retrying with backoff");
+        if self.failures == 0 {
+            tracing::warn!("accept failed: {e}; retrying with backoff until it works again");
             self.delay = Duration::from_millis(5);
         } else {
             self.delay = (self.delay * 2).min(Duration::from_secs(1));
         }
+        self.failures += 1;
         tokio::time::sleep(self.delay).await;
     }
 }

@@ -5,6 +5,7 @@ mod activation;
 mod cli;
 mod config;
 mod lifecycle;
+mod limits;
 mod logging;
 mod protocol;
 mod socket;
