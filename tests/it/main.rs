@@ -4,6 +4,7 @@
 mod activation;
 mod cli;
 mod config;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod logging;

@@ -362,8 +362,9 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// What the daemon printed (lossy: client bytes need not be UTF-8).
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.stdout).unwrap_or_default()).into_owned()
     }
 
     pub fn signal(&self, sig: rustix::process::Signal) {
@@ -510,4 +511,29 @@ impl NotifySocket {
         }
         seen
     }
+}
+
+/// A process's peak resident memory (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Raises this process's open-file limit, for tests that hold many connections.
+pub fn raise_nofile(n: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    let hard = l.maximum.unwrap_or(u64::MAX);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(n.min(hard)),
+            maximum: l.maximum,
+        },
+    )
+    .unwrap();
 }

@@ -1,0 +1,224 @@
+//! Hostile and broken clients (DESIGN §5): memory stays bounded, nothing panics, and everyone
+//! else is served meanwhile.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const SEC: Duration = Duration::from_secs(1);
+/// The bound every hostile test holds the daemon to.
+const MAX_RSS_KIB: u64 = 64 * 1024;
+
+fn stdout_daemon(env: &[(&str, &str)]) -> Daemon {
+    let mut b = DaemonBuilder::new().arg("--sink").arg("stdout");
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    b.start()
+}
+
+/// A well-behaved client that sends `probe N` every 50 ms until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Prober {
+    fn start(socket: &std::path::Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut s = UnixStream::connect(socket).unwrap();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                s.write_all(format!("probe {n}\n").as_bytes()).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            n
+        });
+        Prober { stop, thread }
+    }
+
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn finish(mut daemon: Daemon, probes: usize) -> String {
+    let pid = daemon.pid();
+    let peak = peak_rss_kib(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.stop().success(), "{}", daemon.stderr());
+    let stderr = daemon.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(peak < MAX_RSS_KIB, "peak RSS {peak} KiB");
+    let out = daemon.stdout();
+    for n in 0..probes {
+        assert!(out.contains(&format!("> probe {n}\n")), "probe {n} lost");
+    }
+    eprintln!("peak RSS {peak} KiB");
+    out
+}
+
+#[test]
+fn hundred_megabytes_without_a_newline() {
+    let daemon = stdout_daemon(&[]);
+    let prober = Prober::start(&daemon.socket);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        s.write_all(&chunk).unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(500));
+    let probes = prober.finish();
+    let out = finish(daemon, probes);
+    let pieces = out.lines().filter(|l| l.ends_with(" [line-max]")).count();
+    assert_eq!(pieces, 100 * (1 << 20) / 49152, "every full 48 KiB piece");
+    assert!(
+        out.lines().any(|l| l.ends_with(" [eof]")),
+        "and the rest at close"
+    );
+    // The probes were served while the flood went on, not after it.
+    let lines: Vec<&str> = out.lines().collect();
+    let first_probe_after_flood_started =
+        lines.iter().position(|l| l.ends_with("> probe 1")).unwrap();
+    let last_piece = lines
+        .iter()
+        .rposition(|l| l.ends_with(" [line-max]"))
+        .unwrap();
+    assert!(first_probe_after_flood_started < last_piece);
+}
+
+#[test]
+fn ten_megabytes_of_random_bytes() {
+    // ~40,000 random "lines" from uid 0: the rate limit is off so the probes (uid 0 too) count.
+    let daemon = stdout_daemon(&[("APP_LIMITS__RATE_LIMIT_BURST", "0")]);
+    let prober = Prober::start(&daemon.socket);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data = Vec::with_capacity(10 << 20);
+    while data.len() < 10 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    s.write_all(&data).unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    let probes = prober.finish();
+    finish(daemon, probes);
+}
+
+#[test]
+fn a_thousand_trickling_connections() {
+    raise_nofile(4096);
+    let daemon = stdout_daemon(&[]);
+    let prober = Prober::start(&daemon.socket);
+    let mut conns: Vec<UnixStream> = (0..1000)
+        .map(|_| UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    // One byte per connection per second, for 4 seconds: with flush_after at 500 ms each byte is
+    // a message of its own (LINE_BREAK=timeout).
+    for round in 0..4u8 {
+        let start = Instant::now();
+        for c in conns.iter_mut() {
+            c.write_all(&[b'a' + round]).unwrap();
+        }
+        std::thread::sleep(SEC.saturating_sub(start.elapsed()));
+    }
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(700));
+    let probes = prober.finish();
+    let out = finish(daemon, probes);
+    let trickled = out
+        .lines()
+        .filter(|l| l.ends_with(" [timeout]") || l.ends_with(" [eof]"))
+        .count();
+    assert_eq!(trickled, 4000, "every byte logged once");
+}
+
+#[test]
+fn twenty_thousand_connect_close_cycles() {
+    let daemon = stdout_daemon(&[]);
+    let prober = Prober::start(&daemon.socket);
+    for _ in 0..20_000 {
+        drop(UnixStream::connect(&daemon.socket).unwrap());
+    }
+    let probes = prober.finish();
+    assert_eq!(send(&daemon.socket, b"after the storm\n"), "");
+    let out = finish(daemon, probes);
+    assert!(out.contains("> after the storm\n"));
+}
+
+#[test]
+fn a_client_killed_mid_line_still_has_its_line_logged() {
+    let daemon = stdout_daemon(&[("APP_PROTOCOL__FLUSH_AFTER", "0s")]);
+    let mut socat = Command::new("socat")
+        .args(["-", &format!("UNIX-CONNECT:{}", daemon.socket.display())])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = socat.stdin.take().unwrap();
+    stdin.write_all(b"complete\ncut off mid-li").unwrap();
+    stdin.flush().unwrap();
+    wait_until(5 * SEC, "the complete line", || {
+        daemon.stdout().contains("> complete\n").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    socat.kill().unwrap();
+    socat.wait().unwrap();
+    wait_until(5 * SEC, "the partial line", || {
+        daemon
+            .stdout()
+            .contains("> cut off mid-li [eof]\n")
+            .then_some(())
+    });
+    finish(daemon, 0);
+}
+
+#[test]
+fn clients_that_never_read_cannot_block_the_daemon() {
+    raise_nofile(8192);
+    let daemon = stdout_daemon(&[
+        ("APP_LIMITS__MAX_CONNECTIONS", "2"),
+        ("APP_LIMITS__RATE_LIMIT_BURST", "1000"),
+        ("APP_SOCKET__MODE", "0666"),
+    ]);
+    let prober = Prober::start(&daemon.socket);
+    // Over its rate limit (as uid 65534, so the probes keep their own budget) and never reading
+    // what the daemon writes it.
+    let path = daemon.socket.clone();
+    let mut flooder = std::thread::spawn(move || {
+        // Per-thread credentials (the raw syscall, not glibc's process-wide setuid): SO_PEERCRED
+        // records the connecting thread's.
+        let nobody = rustix::process::Uid::from_raw(65534);
+        rustix::thread::set_thread_uid(nobody).unwrap();
+        UnixStream::connect(path).unwrap()
+    })
+    .join()
+    .unwrap();
+    for i in 0..5000 {
+        flooder
+            .write_all(format!("flood {i}\n").as_bytes())
+            .unwrap();
+    }
+    // Refused, and never reading the refusal.
+    let refused: Vec<UnixStream> = (0..2000)
+        .map(|_| UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    std::thread::sleep(SEC);
+    drop(refused);
+    drop(flooder);
+    let probes = prober.finish();
+    let out = finish(daemon, probes);
+    assert_eq!(out.lines().filter(|l| l.contains("> flood ")).count(), 1000);
+}
