@@ -141,7 +141,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let token = CancellationToken::new();
         let reload = shutdown::on_signals(token.clone()).context("installing signal handlers")?;
         let control = Control {
@@ -153,6 +153,9 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             log: Some(log),
         };
         server::run(listeners, settings, control).await?;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    // Whatever is still blocked (a write to a stalled journal) is abandoned, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }

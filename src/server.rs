@@ -205,12 +205,18 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         "shutting down: draining {} connections",
         stats.clients.load(Ordering::Relaxed)
     );
-    tracker.wait().await;
+    // Connections stop reading at their drain deadline, but one blocked on a stalled journal
+    // cannot finish: the whole stop is bounded by shutdown_timeout all the same.
+    let deadline = started + timeout;
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
+        tracing::error!(
+            "{} connections still waiting for the journal at service.shutdown_timeout; exiting anyway",
+            stats.clients.load(Ordering::Relaxed)
+        );
+    }
     drop(ctx);
-    let left = timeout
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_millis(100));
-    if tokio::time::timeout(left, sink_task).await.is_err() {
+    let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
+    if tokio::time::timeout_at(deadline, sink_task).await.is_err() {
         tracing::error!(
             "the journal did not take the last messages within service.shutdown_timeout; exiting anyway"
         );

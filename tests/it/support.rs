@@ -124,6 +124,43 @@ exec /lib/systemd/systemd-journald"#;
             .collect()
     }
 
+    /// Just the MESSAGE of each entry of `identifier`, in journal order (`-o cat`): cheap enough
+    /// for hundreds of megabytes.
+    pub fn messages(&self, identifier: &str) -> Vec<Vec<u8>> {
+        let out = Command::new("journalctl")
+            .arg("-D")
+            .arg(self.root().join("run/log/journal"))
+            .args(["-o", "cat", "--all", "--no-pager", "-q"])
+            .arg(format!("SYSLOG_IDENTIFIER={identifier}"))
+            .output()
+            .expect("running journalctl");
+        assert!(out.status.success(), "journalctl: {}", String::from_utf8_lossy(&out.stderr));
+        let mut lines: Vec<Vec<u8>> = out.stdout.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        lines.pop(); // after the last newline
+        lines
+    }
+
+    /// Waits until at least `n` messages of `identifier` are in, then returns them all.
+    pub fn wait_for_messages(&self, identifier: &str, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let start = Instant::now();
+        loop {
+            let got = self.messages(identifier);
+            if got.len() >= n {
+                std::thread::sleep(Duration::from_millis(500));
+                return self.messages(identifier);
+            }
+            if start.elapsed() > timeout {
+                panic!("{} of {n} messages of {identifier} after {timeout:?}", got.len());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
     /// Waits until at least `n` entries with `identifier` are in, then a little longer to catch
     /// any duplicate, and returns them all.
     pub fn wait_for(&self, identifier: &str, n: usize) -> Vec<Entry> {
