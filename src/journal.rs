@@ -526,6 +526,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn holds_entries_while_the_journal_is_away_and_reconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let first = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let mut journal = JournalSocket::new(path.clone());
+        journal.send(b"one").await;
+        let recv = |s: &std::os::unix::net::UnixDatagram| {
+            let mut buf = [0u8; 16];
+            let n = s.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        assert_eq!(recv(&first), b"one");
+
+        // journald goes away: the next entry waits, it is not dropped.
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        let pending = tokio::spawn(async move {
+            journal.send(b"two").await;
+            journal
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "nobody to take it yet");
+
+        let second = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let mut journal = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("sent once the journal is back")
+            .unwrap();
+        assert_eq!(recv(&second), b"two");
+        journal.send(b"three").await;
+        assert_eq!(recv(&second), b"three");
+    }
+
     #[test]
     fn stdout_lines_show_priority_and_client() {
         let peer = Peer::Unix {

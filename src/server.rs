@@ -208,7 +208,10 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     // Connections stop reading at their drain deadline, but one blocked on a stalled journal
     // cannot finish: the whole stop is bounded by shutdown_timeout all the same.
     let deadline = started + timeout;
-    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::error!(
             "{} connections still waiting for the journal at service.shutdown_timeout; exiting anyway",
             stats.clients.load(Ordering::Relaxed)

@@ -59,16 +59,27 @@ fn frozen_journald_bounds_memory_and_loses_nothing_journald() {
     // Stalled: the runtime still accepts, serves and refuses by the rules.
     let mut probe = UnixStream::connect(&daemon.socket).unwrap();
     probe.write_all(b"probe during the stall\n").unwrap();
-    probe.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut buf = [0u8; 64];
-    assert!(probe.read(&mut buf).is_err(), "the 51st client is accepted, not refused");
+    assert!(
+        probe.read(&mut buf).is_err(),
+        "the 51st client is accepted, not refused"
+    );
     let mut refused = UnixStream::connect(&daemon.socket).unwrap();
     refused.set_read_timeout(Some(5 * SEC)).unwrap();
     let mut reply = String::new();
     let _ = refused.read_to_string(&mut reply);
-    assert_eq!(reply, "app: too many connections\n", "the 52nd is refused, promptly");
+    assert_eq!(
+        reply, "app: too many connections\n",
+        "the 52nd is refused, promptly"
+    );
     let stalled_peak = peak_rss_kib(daemon.pid());
-    assert!(stalled_peak < 64 * 1024, "peak RSS while stalled: {stalled_peak} KiB");
+    assert!(
+        stalled_peak < 64 * 1024,
+        "peak RSS while stalled: {stalled_peak} KiB"
+    );
 
     journald.signal(Signal::CONT);
     drop(probe);
@@ -91,7 +102,12 @@ fn frozen_journald_bounds_memory_and_loses_nothing_journald() {
         }
         let c: usize = std::str::from_utf8(&m[1..3]).unwrap().parse().unwrap();
         let expected = line(c, next[c]);
-        assert_eq!(m[..], expected[..LINE - 1], "client {c}: line {} missing or out of order", next[c]);
+        assert_eq!(
+            m[..],
+            expected[..LINE - 1],
+            "client {c}: line {} missing or out of order",
+            next[c]
+        );
         next[c] += 1;
     }
     assert!(next.iter().all(|&n| n == LINES));
@@ -119,6 +135,82 @@ fn sigterm_during_a_stall_exits_within_shutdown_timeout_journald() {
         let _ = w.join();
     }
     assert!(status.success(), "{status}: {}", daemon.stderr());
-    assert!(took < Duration::from_millis(2500), "exit took {took:?} with shutdown_timeout 2s");
-    assert!(daemon.stderr().contains("exiting anyway"), "{}", daemon.stderr());
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit took {took:?} with shutdown_timeout 2s"
+    );
+    assert!(
+        daemon.stderr().contains("exiting anyway"),
+        "{}",
+        daemon.stderr()
+    );
+}
+
+/// journald restarted mid-stream (SIGTERM, as `systemctl restart systemd-journald` does) while
+/// its socket is held, as systemd holds it: no line lost, none twice, and the daemon carries on.
+#[test]
+fn journald_restart_mid_stream_loses_nothing_journald() {
+    const TOTAL: usize = 30_000;
+    let journald = Journald::start_held();
+    let id = identifier("restart");
+    let mut daemon = DaemonBuilder::new()
+        .journald(&journald)
+        .identifier(&id)
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
+        .start();
+    let path = daemon.socket.clone();
+    let writer = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(&path).unwrap();
+        for i in 0..TOTAL {
+            s.write_all(format!("steady {i}\n").as_bytes()).unwrap();
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(8));
+            }
+        }
+    });
+    let mut restarts = 0;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+        let before = journald.journald_pid();
+        journald.signal(Signal::TERM);
+        wait_until(10 * SEC, "journald to be restarted", || {
+            (journald.journald_pid() != before).then_some(())
+        });
+        restarts += 1;
+    }
+    assert!(!writer.is_finished(), "the stream outlasted the restarts");
+    writer.join().unwrap();
+    let messages = wait_until_or(
+        Duration::from_secs(20),
+        "all lines",
+        &mut || {
+            let m = journald.messages(&id);
+            (m.len() >= TOTAL).then_some(m)
+        },
+        || {
+            let got: std::collections::HashSet<Vec<u8>> =
+                journald.messages(&id).into_iter().collect();
+            let missing: Vec<usize> = (0..TOTAL)
+                .filter(|i| !got.contains(format!("steady {i}").as_bytes()))
+                .take(20)
+                .collect();
+            format!(": missing {missing:?}; daemon stderr:\n{}", daemon.stderr())
+        },
+    );
+    let expected: Vec<Vec<u8>> = (0..TOTAL)
+        .map(|i| format!("steady {i}").into_bytes())
+        .collect();
+    assert_eq!(messages.len(), TOTAL, "after {restarts} restarts");
+    assert!(messages == expected, "every line once, in order");
+    assert!(
+        daemon.stop().success(),
+        "the daemon kept running: {}",
+        daemon.stderr()
+    );
+    // The socket outlived each journald (no outage seen by the daemon), as under systemd.
+    assert!(
+        !daemon.stderr().contains("holding messages"),
+        "{}",
+        daemon.stderr()
+    );
 }

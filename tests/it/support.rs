@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -28,13 +29,26 @@ pub fn require_root(what: &str) {
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(timeout, what, &mut f, || String::new())
+}
+
+/// Like [`wait_until`], adding `context()` to the failure message.
+pub fn wait_until_or<T>(
+    timeout: Duration,
+    what: &str,
+    f: &mut dyn FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                context()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -45,6 +59,71 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// namespace, which does not affect Unix sockets reached by path).
 pub struct Journald {
     child: Child,
+    /// Set when a holder process owns journald's native socket and restarts journald whenever
+    /// it exits, as systemd does with systemd-journald.socket.
+    held: bool,
+}
+
+const JOURNALD_CONF: &str = "[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\nRuntimeMaxUse=1G\nRuntimeMaxFileSize=256M\n";
+
+/// Not a test: the entry point of the holder process that [`Journald::start_held`] runs in a
+/// mount namespace of its own (it is this test binary, re-executed). Without
+/// `APP_IT_JOURNALD_HOLDER` it returns at once.
+#[test]
+fn journald_holder_process() {
+    if std::env::var_os("APP_IT_JOURNALD_HOLDER").is_none() {
+        return;
+    }
+    let sh = |script: &str| {
+        let ok = Command::new("sh")
+            .args(["-c", script])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    };
+    sh(
+        "set -e; mount -t tmpfs tmpfs /run; mkdir -p /var/log/journal; \
+        mount -t tmpfs tmpfs /var/log/journal; mkdir -p /run/systemd/journal /run/systemd/journald.conf.d; \
+        echo 512 > /proc/sys/net/unix/max_dgram_qlen",
+    );
+    std::fs::write("/run/systemd/journald.conf.d/test.conf", JOURNALD_CONF).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind("/run/systemd/journal/socket").unwrap();
+    std::fs::set_permissions(
+        "/run/systemd/journal/socket",
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    loop {
+        let mut cmd = Command::new("sh");
+        // `exec` keeps the shell's pid, which is what LISTEN_PID must name.
+        cmd.args([
+            "-c",
+            "export LISTEN_PID=$$ LISTEN_FDS=1; exec /lib/systemd/systemd-journald",
+        ]);
+        // SAFETY: only dup2 and fcntl (async-signal-safe) between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let src = std::os::fd::BorrowedFd::borrow_raw(fd);
+                let mut three = std::os::fd::OwnedFd::from_raw_fd(3);
+                if fd != 3 {
+                    rustix::io::dup2(src, &mut three)?;
+                }
+                // The socket must survive exec (dup2 onto itself would keep FD_CLOEXEC).
+                rustix::io::fcntl_setfd(&three, rustix::io::FdFlags::empty())?;
+                std::mem::forget(three);
+                Ok(())
+            });
+        }
+        let mut journald = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::fs::write("/run/journald.pid", journald.id().to_string()).unwrap();
+        let _ = journald.wait();
+    }
 }
 
 impl Journald {
@@ -54,7 +133,7 @@ impl Journald {
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/log/journal 2>/dev/null || { mkdir -p /var/log/journal && mount -t tmpfs tmpfs /var/log/journal; }
 mkdir -p /run/systemd/journald.conf.d
-printf '[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\nRuntimeMaxUse=1G\nRuntimeMaxFileSize=256M\n' > /run/systemd/journald.conf.d/test.conf
+printf '%s' "$JOURNALD_CONF" > /run/systemd/journald.conf.d/test.conf
 echo 512 > /proc/sys/net/unix/max_dgram_qlen
 exec /lib/systemd/systemd-journald"#;
         let child = Command::new("unshare")
@@ -62,18 +141,64 @@ exec /lib/systemd/systemd-journald"#;
             .args(["setpriv", "--pdeathsig", "KILL", "--", "sh", "-c", script])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("JOURNALD_CONF", JOURNALD_CONF)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning unshare for journald");
-        let j = Journald { child };
+        let j = Journald { child, held: false };
+        j.wait_started();
+        j
+    }
+
+    /// A journald whose native socket is held by another process across restarts (as systemd
+    /// holds it): killing journald loses nothing that was queued on the socket.
+    pub fn start_held() -> Journald {
+        require_root("a real journald");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--net", "--"])
+            .args(["setpriv", "--pdeathsig", "KILL", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "support::journald_holder_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("APP_IT_JOURNALD_HOLDER", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning the journald holder");
+        let j = Journald { child, held: true };
+        j.wait_started();
+        j
+    }
+
+    /// The pid of the journald running now.
+    pub fn journald_pid(&self) -> u32 {
+        if !self.held {
+            return self.pid();
+        }
+        let file = self.root().join("run/journald.pid");
+        std::fs::read_to_string(file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn wait_started(&self) {
+        let j = self;
         let socket = j.root().join("run/systemd/journal/socket");
         let stdout = j.root().join("run/systemd/journal/stdout");
         wait_until(Duration::from_secs(10), "journald's sockets", || {
             (socket.exists() && stdout.exists()).then_some(())
         });
-        j
     }
 
     pub fn pid(&self) -> u32 {
@@ -134,8 +259,16 @@ exec /lib/systemd/systemd-journald"#;
             .arg(format!("SYSLOG_IDENTIFIER={identifier}"))
             .output()
             .expect("running journalctl");
-        assert!(out.status.success(), "journalctl: {}", String::from_utf8_lossy(&out.stderr));
-        let mut lines: Vec<Vec<u8>> = out.stdout.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        assert!(
+            out.status.success(),
+            "journalctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<Vec<u8>> = out
+            .stdout
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
         lines.pop(); // after the last newline
         lines
     }
@@ -150,14 +283,17 @@ exec /lib/systemd/systemd-journald"#;
                 return self.messages(identifier);
             }
             if start.elapsed() > timeout {
-                panic!("{} of {n} messages of {identifier} after {timeout:?}", got.len());
+                panic!(
+                    "{} of {n} messages of {identifier} after {timeout:?}",
+                    got.len()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
 
     pub fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        let pid = rustix::process::Pid::from_raw(self.journald_pid() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
     }
 
