@@ -29,7 +29,7 @@ pub fn require_root(what: &str) {
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    wait_until_or(timeout, what, &mut f, || String::new())
+    wait_until_or(timeout, what, &mut f, String::new)
 }
 
 /// Like [`wait_until`], adding `context()` to the failure message.
