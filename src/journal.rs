@@ -288,6 +288,17 @@ impl SinkHandle {
         // The receiver lives until every handle is dropped, so this cannot fail.
         let _ = self.tx.send(batch).await;
     }
+
+    /// Hands a batch over only if the queue has room; gives it back otherwise. For senders that
+    /// must never wait on the journal (the supervisor, whose ticks feed the watchdog).
+    pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        match self.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                Err(b)
+            }
+        }
+    }
 }
 
 /// Starts the sink task. It ends once every [`SinkHandle`] is dropped and the queue is written.

@@ -94,6 +94,8 @@ pub(crate) struct Supervisor {
     pub stats: Arc<Stats>,
     pub sink: SinkHandle,
     pub limiter: Arc<RateLimiter>,
+    /// Suppression reports waiting for room in the sink's queue.
+    pub reports: std::collections::VecDeque<journal::Batch>,
     pub control: Control,
     /// Idle exit applies only when systemd holds the socket for us.
     pub inherited: bool,
@@ -122,7 +124,7 @@ impl Supervisor {
                 () = shutdown.cancelled() => return,
                 Some(()) = recv(&mut reload) => self.reload(),
                 _ = tick.tick() => {
-                    self.report_suppressed().await;
+                    self.report_suppressed();
                     refusals.report(&self.stats, &self.settings.borrow());
                     status.update(&self.stats, &self.control.notifier);
                     let timeout = self.settings.borrow().service.idle_timeout;
@@ -148,8 +150,10 @@ impl Supervisor {
         }
     }
 
-    /// One entry per rate-limit window that dropped messages, when that window ends.
-    async fn report_suppressed(&self) {
+    /// One entry per rate-limit window that dropped messages, when that window ends. Never
+    /// waits on the journal: a report that finds the queue full waits for a later tick, so a
+    /// stalled journal cannot stop the watchdog pings.
+    fn report_suppressed(&mut self) {
         let (interval, identifier) = {
             let s = self.settings.borrow();
             (s.limits.rate_limit_interval, s.journal.identifier.clone())
@@ -158,7 +162,13 @@ impl Supervisor {
             let message = format!("suppressed {} messages from {}", report.dropped, report.key);
             let about = report.key.to_string();
             let batch = journal::notice(self.sink.target(), &identifier, 4, &message, &about);
-            self.sink.send(batch).await;
+            self.reports.push_back(batch);
+        }
+        while let Some(batch) = self.reports.pop_front() {
+            if let Err(batch) = self.sink.try_send(batch) {
+                self.reports.push_front(batch);
+                break;
+            }
         }
     }
 

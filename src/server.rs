@@ -178,6 +178,7 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         stats: stats.clone(),
         sink: ctx.sink.clone(),
         limiter: ctx.limiter.clone(),
+        reports: Default::default(),
         control,
         inherited,
         watchdog: Watchdog::new(hearts),

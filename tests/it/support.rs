@@ -367,6 +367,7 @@ pub struct DaemonBuilder<'a> {
     dir: tempfile::TempDir,
     socket: Option<PathBuf>,
     socket_flag: bool,
+    journal_stream: bool,
 }
 
 pub struct Daemon {
@@ -389,6 +390,7 @@ impl<'a> DaemonBuilder<'a> {
             dir: temp_dir(),
             socket: None,
             socket_flag: true,
+            journal_stream: false,
         }
     }
 
@@ -430,6 +432,13 @@ impl<'a> DaemonBuilder<'a> {
         self.socket
             .clone()
             .unwrap_or_else(|| self.dir.path().join("app.sock"))
+    }
+
+    /// Sets `JOURNAL_STREAM` to the daemon's stderr, as systemd does when stderr is the journal:
+    /// the daemon's own diagnostics then go to journald.
+    pub fn journal_stream(mut self) -> Self {
+        self.journal_stream = true;
+        self
     }
 
     /// Leaves `--socket` out: the configuration must name the socket.
@@ -482,13 +491,19 @@ impl<'a> DaemonBuilder<'a> {
                 c
             }
         };
-        let child = cmd
-            .env_clear()
+        let stderr_file = File::create(&stderr).unwrap();
+        cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(&self.env)
+            .envs(&self.env);
+        if self.journal_stream {
+            use std::os::unix::fs::MetadataExt;
+            let meta = stderr_file.metadata().unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
+            .stderr(stderr_file)
             .spawn()
             .expect("spawning the daemon");
         let mut d = Daemon {
@@ -499,11 +514,18 @@ impl<'a> DaemonBuilder<'a> {
             stderr,
         };
         // systemd-socket-activate, like systemd, starts the daemon on the first connection.
-        d.wait_listening(if self.activate.is_some() {
-            "Listening on "
+        if self.journal_stream {
+            // Its startup line goes to the journal, not to stderr.
+            wait_until(Duration::from_secs(10), "the socket", || {
+                d.socket.exists().then_some(())
+            });
         } else {
-            "serving "
-        });
+            d.wait_listening(if self.activate.is_some() {
+                "Listening on "
+            } else {
+                "serving "
+            });
+        }
         d
     }
 }
