@@ -93,7 +93,8 @@ impl Batch {
         self.data.len() >= BATCH_BYTES
     }
 
-    fn entries(&self) -> impl Iterator<Item = &[u8]> {
+    /// The encoded entries, one by one.
+    pub fn entries(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts.zip(self.ends.iter()).map(|(s, &e)| &self.data[s..e])
     }
@@ -447,32 +448,61 @@ async fn send_memfd(socket: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
         .await
 }
 
+/// Reads one native-protocol entry back into `(name, value)` pairs, checking what journald
+/// checks: field names of `A-Z`, `0-9` and `_` not starting with `_` or a digit, plain values
+/// ending in a newline, binary values whose length matches. For tests and the fuzzer.
+pub fn parse_native(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let nl = memchr::memchr(b'\n', data).ok_or("a field without a newline")?;
+        let line = &data[..nl];
+        let (name, value, rest) = match memchr::memchr(b'=', line) {
+            Some(eq) => (&line[..eq], line[eq + 1..].to_vec(), &data[nl + 1..]),
+            None => {
+                let rest = &data[nl + 1..];
+                let len_bytes: [u8; 8] = rest
+                    .get(..8)
+                    .ok_or("a binary field without its length")?
+                    .try_into()
+                    .expect("8 bytes");
+                let len = u64::from_le_bytes(len_bytes) as usize;
+                let value = rest
+                    .get(8..8 + len)
+                    .ok_or("a binary value shorter than its length")?;
+                if rest.get(8 + len) != Some(&b'\n') {
+                    return Err("a binary value not followed by a newline".into());
+                }
+                (line, value.to_vec(), &rest[9 + len..])
+            }
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && !name[0].is_ascii_digit()
+            && name[0] != b'_'
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "invalid field name {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        fields.push((
+            String::from_utf8(name.to_vec()).expect("checked ASCII"),
+            value,
+        ));
+        data = rest;
+    }
+    Ok(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Parses native-protocol bytes back into fields, as journald does.
-    pub(crate) fn parse_native(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
-        let mut fields = Vec::new();
-        while !data.is_empty() {
-            let nl = data.iter().position(|&b| b == b'\n').expect("field ends");
-            let line = &data[..nl];
-            if let Some(eq) = line.iter().position(|&b| b == b'=') {
-                fields.push((
-                    String::from_utf8(line[..eq].to_vec()).unwrap(),
-                    line[eq + 1..].to_vec(),
-                ));
-                data = &data[nl + 1..];
-            } else {
-                let name = String::from_utf8(line.to_vec()).unwrap();
-                let rest = &data[nl + 1..];
-                let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
-                fields.push((name, rest[8..8 + len].to_vec()));
-                assert_eq!(rest[8 + len], b'\n');
-                data = &rest[9 + len..];
-            }
-        }
-        fields
+    fn parse(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+        parse_native(data).unwrap()
     }
 
     fn record(message: &[u8]) -> Record<'_> {
@@ -498,7 +528,7 @@ mod tests {
         enc.encode(&record(b"plain"), &mut batch);
         let entries: Vec<_> = batch.entries().collect();
         assert_eq!(entries.len(), 2);
-        let fields = parse_native(entries[0]);
+        let fields = parse(entries[0]);
         let get = |k: &str| {
             fields
                 .iter()
@@ -517,7 +547,7 @@ mod tests {
         assert_eq!(get("CLIENT_CONNECTION"), b"7");
         assert_eq!(get("SOCKET"), b"main");
         assert_eq!(
-            parse_native(entries[1])[0],
+            parse(entries[1])[0],
             ("MESSAGE".to_owned(), b"plain".to_vec())
         );
     }
@@ -528,7 +558,7 @@ mod tests {
         let enc = Encoder::new(Target::Journal, &peer, 1, None);
         let mut batch = Batch::default();
         enc.encode(&record(b"x"), &mut batch);
-        let fields = parse_native(batch.entries().next().unwrap());
+        let fields = parse(batch.entries().next().unwrap());
         assert!(fields.contains(&("CLIENT_ADDRESS".to_owned(), b"127.0.0.1:5140".to_vec())));
         assert!(
             !fields
