@@ -10,5 +10,6 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod protocol;
+mod soak;
 mod socket;
 mod support;

@@ -64,7 +64,7 @@ pub struct Journald {
     held: bool,
 }
 
-const JOURNALD_CONF: &str = "[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\nRuntimeMaxUse=1G\nRuntimeMaxFileSize=256M\n";
+const JOURNALD_CONF: &str = "[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\nRuntimeMaxUse=6G\nRuntimeMaxFileSize=256M\n";
 
 /// Not a test: the entry point of the holder process that [`Journald::start_held`] runs in a
 /// mount namespace of its own (it is this test binary, re-executed). Without
