@@ -79,8 +79,8 @@ fn soak_five_million_lines_from_64_clients_journald() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut next = vec![0usize; CLIENTS];
-    let mut done = vec![false; CLIENTS];
+    let mut next = [0usize; CLIENTS];
+    let mut done = [false; CLIENTS];
     let padding = format!("{:.<80}", "");
     for line in BufReader::new(reader.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
