@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# End to end, as a user meets app: the .deb installed with dpkg into a minimal Debian 12 booted
+# with systemd-nspawn (real systemd as PID 1, real journald), then the whole user story.
+# Prints one PASS/FAIL line per check; exits non-zero if any failed.
+#
+# Needs root, debootstrap and systemd-container. The Debian rootfs is cached in
+# $APP_E2E_CACHE (default /var/cache/app-e2e); each run boots a throwaway overlay of it.
+# Everything runs in private mount and pid namespaces, so nothing outlives a failed run.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${APP_E2E_CACHE:-/var/cache/app-e2e}
+MIRROR=${APP_E2E_MIRROR:-http://deb.debian.org/debian}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/e2e/deb.sh needs root (debootstrap, mounts, systemd-nspawn); CI runs it as root" >&2
+    exit 2
+fi
+
+if [ -z "${APP_E2E_INNER:-}" ]; then
+    # Build both packages first (out here, where cargo's caches are), then re-run ourselves in
+    # fresh namespaces: the container, its mounts and every process die with this script.
+    "$ROOT/packaging/build-deb" >/dev/null
+    cp "$ROOT"/target/debian/app_*-1_amd64.deb /tmp/app-e2e-v1.deb
+    "$ROOT/packaging/build-deb" --deb-revision 2 >/dev/null
+    cp "$ROOT"/target/debian/app_*-2_amd64.deb /tmp/app-e2e-v2.deb
+    if [ ! -d "$CACHE/rootfs" ]; then
+        echo "== debootstrap a minimal Debian 12 into $CACHE/rootfs (cached for later runs)"
+        rm -rf "$CACHE/rootfs.new"
+        mkdir -p "$CACHE"
+        timeout 900 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,socat \
+            bookworm "$CACHE/rootfs.new" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+            || { tail -n 30 "$CACHE/debootstrap.log"; exit 1; }
+        mv "$CACHE/rootfs.new" "$CACHE/rootfs"
+    fi
+    exec env APP_E2E_INNER=1 timeout 900 \
+        unshare --mount --pid --fork --kill-child --propagation private "$0" "$@"
+fi
+
+WORK=$(mktemp -d /tmp/app-e2e.XXXXXX)
+NSPAWN=
+cleanup() {
+    [ -n "$NSPAWN" ] && kill "$NSPAWN" 2>/dev/null && wait "$NSPAWN" 2>/dev/null || true
+    umount -l "$WORK/merged" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/upper" "$WORK/work" "$WORK/merged"
+mount -t overlay overlay \
+    -o "lowerdir=$CACHE/rootfs,upperdir=$WORK/upper,workdir=$WORK/work" "$WORK/merged"
+cp /tmp/app-e2e-v1.deb /tmp/app-e2e-v2.deb "$WORK/merged/root/"
+# journald's own rate limit turned down, so that only the unit's LogRateLimit* settings can
+# explain 20,000 lines getting through (journald scales its burst with free disk space).
+mkdir -p "$WORK/merged/etc/systemd/journald.conf.d"
+printf '[Journal]\nRateLimitIntervalSec=30s\nRateLimitBurst=2500\n' \
+    >"$WORK/merged/etc/systemd/journald.conf.d/e2e.conf"
+echo e2e >"$WORK/merged/etc/hostname"
+
+systemd-nspawn -q -D "$WORK/merged" -b --register=no --keep-unit \
+    >"$WORK/console.log" 2>&1 </dev/null &
+NSPAWN=$!
+
+# The container's PID 1: the process named systemd below systemd-nspawn.
+CPID=
+for _ in $(seq 100); do
+    for pid in $(pgrep -P "$NSPAWN" 2>/dev/null) ; do
+        if [ "$(cat /proc/$pid/comm 2>/dev/null)" = systemd ]; then CPID=$pid; fi
+    done
+    [ -n "$CPID" ] && break
+    sleep 0.1
+done
+[ -n "$CPID" ] || { echo "FAIL: the container did not boot"; cat "$WORK/console.log"; exit 1; }
+
+# Runs a command in the container, as root, with a timeout.
+c() { timeout 60 nsenter --target "$CPID" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+csh() { c sh -c "$1"; }
+
+state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running --wait 2>/dev/null || true)
+echo "container booted: $state"
+
+FAILED=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
+# check "description" command...: PASS if the command succeeds.
+check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+# Waits up to 20 s for a shell condition inside the container.
+await() { local i; for i in $(seq 100); do csh "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
+journal_count() { csh "journalctl -u app.service -o cat --no-pager | grep -c '$1'" || true; }
+
+# 1. install
+step1() {
+    c dpkg -i /root/app-e2e-v1.deb >"$WORK/dpkg.log" 2>&1 || { cat "$WORK/dpkg.log"; return 1; }
+    [ "$(c systemctl is-enabled app.socket)" = enabled ] || return 1
+    [ "$(c systemctl is-active app.socket)" = active ] || return 1
+    [ "$(c systemctl is-active app.service || true)" = inactive ] || return 1
+    [ "$(c stat -c '%A %U %G' /run/app.sock)" = "srw-rw---- root app" ] || return 1
+}
+check "1. dpkg -i: app.socket enabled and active, app.service not running, /run/app.sock srw-rw---- root app" step1
+
+# 2. socket activation and the journal
+step2() {
+    csh 'echo hello-e2e | socat - UNIX-CONNECT:/run/app.sock' || return 1
+    await "journalctl -u app.service -o cat | grep -qx hello-e2e" || return 1
+    local json main
+    json=$(csh "journalctl -u app.service -o json MESSAGE=hello-e2e")
+    echo "$json" | grep -q '"CLIENT_PID":"[0-9]' || return 1
+    echo "$json" | grep -q '"CLIENT_UID":"0"' || return 1
+    echo "$json" | grep -q '"CLIENT_GID":"0"' || return 1
+    main=$(c systemctl show -p MainPID --value app.service)
+    [ "$main" != 0 ] || return 1
+    # The daemon unsets LISTEN_*, but /proc/PID/environ keeps what it was started with.
+    c cat "/proc/$main/environ" | tr '\0' '\n' | grep -qx "LISTEN_PID=$main"
+}
+check "2. the first line starts app.service (LISTEN_PID = its pid) and is in journalctl -u app.service with CLIENT_*" step2
+
+# 3. group app may write; others may not
+step3() {
+    c useradd -m -G app alice && c useradd -m bob || return 1
+    local alice_uid
+    alice_uid=$(c id -u alice)
+    csh "runuser -u alice -- sh -c 'echo from-alice | socat - UNIX-CONNECT:/run/app.sock'" || return 1
+    await "journalctl -u app.service -o json MESSAGE=from-alice | grep -q '\"CLIENT_UID\":\"$alice_uid\"'" || return 1
+    local err
+    err=$(csh "runuser -u bob -- sh -c 'echo from-bob | socat - UNIX-CONNECT:/run/app.sock'" 2>&1) && return 1
+    echo "$err" | grep -q "Permission denied" || return 1
+    sleep 1
+    [ "$(journal_count from-bob)" = 0 ]
+}
+check "3. a member of group app is logged with its CLIENT_UID; a non-member gets Permission denied and logs nothing" step3
+
+# 4. 20 × 1000 lines with app's limiter off; a flood cut at the shipped burst
+step4() {
+    csh "printf '\n[limits]\nrate_limit_burst = 0\n' >> /etc/app/app.toml" || return 1
+    c systemctl reload app.service || return 1
+    csh 'for i in $(seq 20); do (for j in $(seq 1000); do echo "flood c$i l$j"; done | socat - UNIX-CONNECT:/run/app.sock) & done; wait' || return 1
+    await "[ \$(journalctl -u app.service -o cat | grep -c '^flood ') -ge 20000 ]" || true
+    local n unique
+    n=$(journal_count '^flood ')
+    unique=$(csh "journalctl -u app.service -o cat | grep '^flood ' | sort -u | wc -l")
+    echo "   20 clients x 1000 lines: $n in the journal, $unique distinct"
+    [ "$n" = 20000 ] && [ "$unique" = 20000 ]
+}
+check "4a. with limits.rate_limit_burst = 0: 20 concurrent clients x 1000 lines = 20000 entries, each once (journald burst 2500)" step4
+
+step4b() {
+    # Back to the shipped defaults (10000 per 30 s per uid), and a uid that has sent nothing yet.
+    csh "sed -i '/^\[limits\]\$/,\$d' /etc/app/app.toml" || return 1
+    c systemctl reload app.service || return 1
+    c useradd -m -G app carol || return 1
+    local carol_uid
+    carol_uid=$(c id -u carol)
+    sleep 1
+    csh "runuser -u carol -- sh -c 'for j in \$(seq 12000); do echo \"burst l\$j\"; done | socat - UNIX-CONNECT:/run/app.sock'" || return 1
+    # The report comes when the 30 s window ends.
+    local report="suppressed 2000 messages from uid $carol_uid" i
+    for i in $(seq 45); do
+        csh "journalctl -u app.service -o cat | grep -qx '$report'" && break
+        sleep 1
+    done
+    local n
+    n=$(journal_count '^burst ')
+    echo "   one uid, 12000 lines: $n logged"
+    [ "$n" = 10000 ] && csh "journalctl -u app.service -o cat | grep -qx '$report'"
+}
+check "4b. with the shipped defaults, a flood of 12000 from one uid is cut at 10000 and 'suppressed 2000 messages from uid U' is logged" step4b
+
+# 5. reload, status, watchdog
+step5() {
+    csh "printf '\n[journal]\nidentifier = \"reloaded\"\n' >> /etc/app/app.toml" || return 1
+    c systemctl reload app.service || return 1
+    csh 'echo after-reload | socat - UNIX-CONNECT:/run/app.sock' || return 1
+    await "journalctl -u app.service -o json MESSAGE=after-reload | grep -q '\"SYSLOG_IDENTIFIER\":\"reloaded\"'" || return 1
+    c systemctl status app.service --no-pager | grep -qE 'Status: "[0-9]+ clients?, [0-9]+ messages, [0-9]+ suppressed"' || return 1
+    [ "$(c systemctl show -p WatchdogUSec --value app.service)" = 30s ] || return 1
+    # Up for longer than the watchdog interval, never restarted.
+    local since now
+    since=$(c systemctl show -p ActiveEnterTimestampMonotonic --value app.service)
+    now=$(csh 'cut -d" " -f1 /proc/uptime')
+    awk -v s="$since" -v n="$now" 'BEGIN { exit !((n * 1000000 - s) > 30000000) }' || return 1
+    [ "$(c systemctl show -p NRestarts --value app.service)" = 0 ]
+}
+check "5. systemctl reload applies app.toml; status shows the STATUS line; watchdog armed (30s) and no restart after > 30 s" step5
+
+# 6. stop while streaming, start again, kill -9
+step6() {
+    csh '(for j in $(seq 3000); do echo "stream l$j"; done; sleep 3) | socat - UNIX-CONNECT:/run/app.sock' &
+    local client=$!
+    sleep 1
+    c systemctl stop app.service || return 1
+    wait "$client" || true
+    [ "$(c systemctl show -p Result --value app.service)" = success ] || return 1
+    local n
+    n=$(journal_count '^stream ')
+    echo "   streamed 3000 lines, stopped mid-connection: $n in the journal"
+    [ "$n" = 3000 ] || return 1
+    csh 'echo restarted | socat - UNIX-CONNECT:/run/app.sock' || return 1
+    await "journalctl -u app.service -o cat | grep -qx restarted" || return 1
+    [ "$(c systemctl is-active app.service)" = active ] || return 1
+    local main
+    main=$(c systemctl show -p MainPID --value app.service)
+    c kill -9 "$main" || return 1
+    sleep 1
+    csh 'echo after-kill | socat - UNIX-CONNECT:/run/app.sock' || return 1
+    await "journalctl -u app.service -o cat | grep -qx after-kill"
+}
+check "6. stop while a client streams: nothing lost, Result=success; the next connection starts it; after kill -9 it serves again" step6
+
+# 7. upgrade, remove, purge
+step7() {
+    local socket_since main_before main_after
+    socket_since=$(c systemctl show -p ActiveEnterTimestampMonotonic --value app.socket)
+    main_before=$(c systemctl show -p MainPID --value app.service)
+    c dpkg -i /root/app-e2e-v2.deb >"$WORK/dpkg2.log" 2>&1 || { cat "$WORK/dpkg2.log"; return 1; }
+    [ "$(c dpkg-query -W -f '${Version}' app)" = 0.1.0-2 ] || return 1
+    [ "$(c systemctl is-active app.socket)" = active ] || return 1
+    [ "$(c systemctl show -p ActiveEnterTimestampMonotonic --value app.socket)" = "$socket_since" ] || return 1
+    csh 'echo after-upgrade | socat - UNIX-CONNECT:/run/app.sock' || return 1
+    await "journalctl -u app.service -o cat | grep -qx after-upgrade" || return 1
+    main_after=$(c systemctl show -p MainPID --value app.service)
+    [ "$main_after" != "$main_before" ] || return 1
+    echo "   upgraded: app.socket never restarted; app.service pid $main_before -> $main_after"
+}
+check "7a. upgrade to 0.1.0-2: app.socket stays active throughout (not restarted) and a new process serves" step7
+
+# 8. hardening and health (before removal)
+step8() {
+    local exposure
+    exposure=$(c systemd-analyze security app.service --no-pager | awk '/Overall exposure level/ { print $(NF-2) }')
+    echo "   systemd-analyze security app.service: exposure $exposure"
+    awk -v e="$exposure" 'BEGIN { exit !(e + 0 <= 1.0) }' || return 1
+    local failed
+    failed=$(c systemctl list-units --failed --no-legend --plain | wc -l)
+    [ "$failed" = 0 ] || { c systemctl list-units --failed --no-pager; return 1; }
+}
+check "8. systemd-analyze security app.service <= 1.0, and no failed unit in the container" step8
+
+step7b() {
+    c apt-get remove -y app >/dev/null 2>&1 || return 1
+    [ "$(c systemctl is-active app.socket || true)" = inactive ] || return 1
+    [ "$(c systemctl is-active app.service || true)" = inactive ] || return 1
+    c apt-get purge -y app >/dev/null 2>&1 || return 1
+    ! c test -e /etc/app
+}
+check "7b. apt remove stops both units; apt purge leaves no /etc/app" step7b
+
+echo "e2e: $FAILED failed"
+[ "$FAILED" = 0 ]
