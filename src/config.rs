@@ -98,7 +98,10 @@ pub struct Settings {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SocketSettings {
-    pub path: PathBuf,
+    /// `None` when there is no default (not root, no `XDG_RUNTIME_DIR`): that is only an error
+    /// if the socket must be bound, not when systemd passes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     #[serde(serialize_with = "ser_mode")]
     pub mode: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -293,9 +296,9 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
     } = raw;
 
     let path = match (&sources.overrides.socket_path, socket.path) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p,
-        (None, None) => default_socket_path(sources.euid, sources.env)?,
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) => Some(p),
+        (None, None) => default_socket_path(sources.euid, sources.env),
     };
     let mode = match socket.mode {
         Some(m) => parse_mode(&m).map_err(|msg| bad("socket.mode", msg))?,
@@ -383,16 +386,24 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
     })
 }
 
-/// `/run/app.sock` for root, `$XDG_RUNTIME_DIR/app.sock` for everyone else.
-pub fn default_socket_path(euid: u32, env: &HashMap<String, String>) -> Result<PathBuf, Error> {
+/// `/run/app.sock` for root, `$XDG_RUNTIME_DIR/app.sock` for everyone else (none without it).
+pub fn default_socket_path(euid: u32, env: &HashMap<String, String>) -> Option<PathBuf> {
     if euid == 0 {
-        return Ok(PathBuf::from(DEFAULT_ROOT_SOCKET));
+        return Some(PathBuf::from(DEFAULT_ROOT_SOCKET));
     }
-    match env.get("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => Ok(Path::new(dir).join("app.sock")),
-        None => Err(Error::Config(
-            "socket.path: not set, and XDG_RUNTIME_DIR is unset (use --socket PATH)".to_owned(),
-        )),
+    env.get("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|dir| Path::new(dir).join("app.sock"))
+}
+
+impl SocketSettings {
+    /// The socket path, for binding or connecting: an error if there is none.
+    pub fn path(&self) -> Result<&Path, Error> {
+        self.path.as_deref().ok_or_else(|| {
+            Error::Config(
+                "socket.path: not set, and XDG_RUNTIME_DIR is unset (use --socket PATH)".to_owned(),
+            )
+        })
     }
 }
 
@@ -490,7 +501,7 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let s = load_with(None, &[], Overrides::default()).unwrap();
-        assert_eq!(s.socket.path, Path::new("/run/app.sock"));
+        assert_eq!(s.socket.path.as_deref(), Some(Path::new("/run/app.sock")));
         assert_eq!(s.socket.mode, 0o660);
         assert_eq!(s.socket.group, None);
         assert_eq!(s.journal.sink, SinkKind::Auto);
@@ -511,7 +522,7 @@ mod tests {
         let file = "[limits]\nmax_connections = 10\nmax_line_bytes = 100\n[socket]\npath = \"/file.sock\"\n";
         let s = load_with(Some(file), &[], Overrides::default()).unwrap();
         assert_eq!(s.limits.max_connections.get(), 10);
-        assert_eq!(s.socket.path, Path::new("/file.sock"));
+        assert_eq!(s.socket.path.as_deref(), Some(Path::new("/file.sock")));
 
         let env = [
             ("APP_LIMITS__MAX_CONNECTIONS", "20"),
@@ -524,14 +535,14 @@ mod tests {
             100,
             "file value kept where env is silent"
         );
-        assert_eq!(s.socket.path, Path::new("/env.sock"));
+        assert_eq!(s.socket.path.as_deref(), Some(Path::new("/env.sock")));
 
         let flags = Overrides {
             socket_path: Some("/flag.sock".into()),
             ..Overrides::default()
         };
         let s = load_with(Some(file), &env, flags).unwrap();
-        assert_eq!(s.socket.path, Path::new("/flag.sock"));
+        assert_eq!(s.socket.path.as_deref(), Some(Path::new("/flag.sock")));
     }
 
     #[test]
@@ -665,7 +676,23 @@ mod tests {
             default_socket_path(1000, &env).unwrap(),
             Path::new("/run/user/1000/app.sock")
         );
-        assert!(default_socket_path(1000, &HashMap::new()).is_err());
+        assert_eq!(default_socket_path(1000, &HashMap::new()), None);
+        // Not an error by itself: a socket-activated daemon needs no path of its own.
+        let env = HashMap::new();
+        let s = load(&Sources {
+            file: ConfigFile::Default("/nonexistent".into()),
+            env: &env,
+            overrides: Overrides::default(),
+            euid: 1000,
+        })
+        .unwrap();
+        assert!(
+            s.socket
+                .path()
+                .unwrap_err()
+                .to_string()
+                .contains("XDG_RUNTIME_DIR is unset")
+        );
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl fmt::Display for BoundPath {
 /// A stale socket file (nothing answers a connect) is replaced; a live one is an error; anything
 /// that is not a socket is never touched.
 pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
-    let path = &settings.path;
+    let path = &settings.path()?.to_owned();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(Error::SocketInUse(path.clone())),
@@ -300,7 +300,7 @@ mod tests {
 
     fn settings(path: &Path) -> SocketSettings {
         SocketSettings {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             mode: 0o660,
             group: None,
         }

@@ -93,7 +93,10 @@ fn check_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
 fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
     let socket = match &args.socket {
         Some(path) => path.clone(),
-        None => load_settings(cli, &ServeArgs::default())?.socket.path,
+        None => load_settings(cli, &ServeArgs::default())?
+            .socket
+            .path()?
+            .to_owned(),
     };
     app::send::send(
         &socket,
