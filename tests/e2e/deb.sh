@@ -71,6 +71,14 @@ for _ in $(seq 100); do
 done
 [ -n "$CPID" ] || { echo "FAIL: the container did not boot"; cat "$WORK/console.log"; exit 1; }
 
+# Every check below runs commands as root: make sure they land in the container, never on the
+# machine running the test.
+if [ "$(nsenter --target "$CPID" --mount -- cat /etc/hostname 2>/dev/null)" != e2e ] \
+    || [ "$(readlink /proc/$CPID/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; then
+    echo "FAIL: pid $CPID is not the container's init; refusing to run commands there"
+    exit 1
+fi
+
 # Runs a command in the container, as root, with a timeout.
 c() { timeout 60 nsenter --target "$CPID" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 csh() { c sh -c "$1"; }

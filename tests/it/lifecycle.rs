@@ -226,6 +226,8 @@ fn stop_mid_stream(signal: Signal, name: &str) {
         .identifier(&id)
         .env("NOTIFY_SOCKET", &notify.address)
         .env("APP_SERVICE__SHUTDOWN_TIMEOUT", "3s")
+        // Tens of thousands of lines from one uid: not a rate-limit test.
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
         .start();
     notify.until("READY=1", 10 * SEC);
 

@@ -468,11 +468,10 @@ impl<'a> DaemonBuilder<'a> {
             }
         }
         argv.push(APP.to_owned());
-        if let Some(text) = &self.config {
-            let path = self.dir.path().join("app.toml");
-            std::fs::write(&path, text).unwrap();
-            argv.extend(["--config".to_owned(), path.display().to_string()]);
-        }
+        // Always a config file of our own: the host's /etc/app/app.toml must not leak in.
+        let config = self.dir.path().join("app.toml");
+        std::fs::write(&config, self.config.as_deref().unwrap_or("")).unwrap();
+        argv.extend(["--config".to_owned(), config.display().to_string()]);
         argv.push("serve".to_owned());
         if self.activate.is_none() && self.socket_flag {
             argv.extend(["--socket".to_owned(), socket.display().to_string()]);
