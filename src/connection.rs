@@ -13,6 +13,7 @@ use crate::journal::{Batch, Encoder, Peer, Record};
 use crate::protocol::{self, Framer, LineBreak, Message};
 use crate::ratelimit::Key;
 use crate::server::Context;
+use crate::syslog;
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.
@@ -257,6 +258,7 @@ fn encode(
     settings: &Settings,
     batch: &mut Batch,
 ) {
+    let mut header = None;
     let text = if m.continuation {
         m.bytes
     } else {
@@ -271,7 +273,14 @@ fn encode(
                 facility: None,
             },
         };
-        text
+        // Only a line that starts with a PRI can carry a syslog header (logger always sends one).
+        match prefix.and_then(|_| syslog::parse(text)) {
+            Some((h, message)) => {
+                header = Some(h);
+                message
+            }
+            None => text,
+        }
     };
     encoder.encode(
         &Record {
@@ -280,6 +289,7 @@ fn encode(
             facility: line.facility,
             line_break: m.line_break,
             identifier: &settings.journal.identifier,
+            header,
         },
         batch,
     );

@@ -132,7 +132,19 @@ pub struct Record<'a> {
     pub priority: u8,
     pub facility: Option<u8>,
     pub line_break: LineBreak,
+    /// `journal.identifier`: used unless the syslog header names a tag.
     pub identifier: &'a str,
+    /// A syslog header the client sent, if any.
+    pub header: Option<crate::syslog::Header<'a>>,
+}
+
+impl Record<'_> {
+    /// SYSLOG_IDENTIFIER: the client's syslog tag if it sent one, else `journal.identifier`.
+    fn tag(&self) -> &[u8] {
+        self.header
+            .and_then(|h| h.identifier)
+            .unwrap_or(self.identifier.as_bytes())
+    }
 }
 
 /// Encodes a connection's records for the sink target. The fields that never change during a
@@ -196,7 +208,19 @@ impl Encoder {
                 if let Some(facility) = record.facility {
                     push_field(out, b"SYSLOG_FACILITY", facility.to_string().as_bytes());
                 }
-                push_field(out, b"SYSLOG_IDENTIFIER", record.identifier.as_bytes());
+                push_field(out, b"SYSLOG_IDENTIFIER", record.tag());
+                if let Some(h) = &record.header {
+                    for (name, value) in [
+                        (&b"SYSLOG_PID"[..], h.pid),
+                        (b"SYSLOG_TIMESTAMP", h.timestamp),
+                        (b"SYSLOG_MSGID", h.msgid),
+                        (b"SYSLOG_STRUCTURED_DATA", h.structured_data),
+                    ] {
+                        if let Some(value) = value {
+                            push_field(out, name, value);
+                        }
+                    }
+                }
                 if let Some(why) = record.line_break.field() {
                     push_field(out, b"LINE_BREAK", why.as_bytes());
                 }
@@ -204,7 +228,9 @@ impl Encoder {
             }
             Target::Stdout => {
                 let now = humantime::format_rfc3339_millis(SystemTime::now());
-                let _ = write!(out, "{now} {}[", record.identifier);
+                let _ = write!(out, "{now} ");
+                out.extend_from_slice(record.tag());
+                out.push(b'[');
                 out.extend_from_slice(&self.client);
                 let _ = write!(out, "] <{}> ", record.priority);
                 // One message, one line: a newline inside is shown escaped.
@@ -512,6 +538,7 @@ mod tests {
             facility: Some(1),
             line_break: LineBreak::Eof,
             identifier: "app",
+            header: None,
         }
     }
 

@@ -18,5 +18,6 @@ pub mod ratelimit;
 pub mod send;
 pub mod server;
 pub mod shutdown;
+pub mod syslog;
 
 pub use error::Error;

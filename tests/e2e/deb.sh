@@ -87,7 +87,8 @@ state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running
 echo "container booted (pid $CPID): $state"
 
 FAILED=0
-pass() { echo "PASS: $*"; }
+PASSED=0
+pass() { echo "PASS: $*"; PASSED=$((PASSED + 1)); }
 fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
 # check "description" command...: PASS if the command succeeds.
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
@@ -258,5 +259,5 @@ if [ "$FAILED" != 0 ]; then
     c systemctl status app.socket app.service --no-pager -l 2>&1 | tail -n 40 || true
     c journalctl -b --no-pager -n 60 -u app.service -u app.socket 2>&1 || true
 fi
-echo "e2e: $FAILED failed"
+echo "e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]

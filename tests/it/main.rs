@@ -4,6 +4,7 @@
 mod activation;
 mod backpressure;
 mod cli;
+mod clients;
 mod config;
 mod hostile;
 mod lifecycle;
