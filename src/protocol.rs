@@ -39,6 +39,8 @@ pub struct Message<'a> {
     /// True for the second and later pieces of one long line: they carry no `<N>` prefix of their
     /// own and inherit the first piece's priority.
     pub continuation: bool,
+    /// Framed by RFC 6587 octet counting (`LEN SP <PRI>…`): may hold newlines.
+    pub octet_counted: bool,
 }
 
 /// Cuts a byte stream into messages.
@@ -49,6 +51,46 @@ pub struct Framer {
     max_line: usize,
     /// The line being read has already had a `line-max` piece cut from it.
     continuing: bool,
+    /// Inside an octet-counted frame: how many of its bytes are still to come.
+    frame_left: Option<usize>,
+    /// `pending` holds what may be the start of an octet-counting header (`29`, `29 `), cut by
+    /// a read boundary: the next bytes decide.
+    header_stash: bool,
+}
+
+/// What the start of a message says about RFC 6587 octet counting.
+#[derive(Debug, PartialEq, Eq)]
+enum Octets {
+    /// `LEN SP` followed by `<`: a frame of LEN bytes (the PRI onwards); `header` bytes to skip.
+    Frame {
+        len: usize,
+        header: usize,
+    },
+    /// Could still become a header: wait for more bytes.
+    NeedMore,
+    No,
+}
+
+/// `LEN SP <` with LEN a number without leading zeros, at most 7 digits (frames up to ~10 MB;
+/// longer ones are still cut at `max_line_bytes`).
+fn octet_header(s: &[u8]) -> Octets {
+    if !s.first().is_some_and(|b| (b'1'..=b'9').contains(b)) {
+        return Octets::No;
+    }
+    let digits = s.iter().take(8).take_while(|b| b.is_ascii_digit()).count();
+    if digits > 7 {
+        return Octets::No;
+    }
+    match (s.get(digits), s.get(digits + 1)) {
+        (None, _) | (Some(b' '), None) => Octets::NeedMore,
+        (Some(b' '), Some(b'<')) => Octets::Frame {
+            len: s[..digits]
+                .iter()
+                .fold(0, |n, d| n * 10 + usize::from(d - b'0')),
+            header: digits + 1,
+        },
+        _ => Octets::No,
+    }
 }
 
 impl Framer {
@@ -57,6 +99,8 @@ impl Framer {
             pending: Vec::new(),
             max_line: max_line.max(1),
             continuing: false,
+            frame_left: None,
+            header_stash: false,
         }
     }
 
@@ -78,13 +122,57 @@ impl Framer {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            if self.pending.len() > self.max_line {
-                // Only after a reload lowered the limit.
-                let piece = std::mem::take(&mut self.pending);
-                if !self.emit_piece(&piece, emit) {
+            if self.pending.len() > self.max_line && !self.header_stash {
+                // After a reload lowered the limit, or a stashed octet-counting header turned
+                // out to be text: cut what is held in pieces of the limit, as if it had come
+                // in one read.
+                if !self.emit_overflow(emit) {
                     return pos;
                 }
                 continue;
+            }
+            if let Some(left) = self.frame_left {
+                if !self.feed_frame(rest, left, &mut pos, emit) {
+                    return pos;
+                }
+                continue;
+            }
+            let may_be_header = self.header_stash
+                || (self.pending.is_empty()
+                    && !self.continuing
+                    && (b'1'..=b'9').contains(&rest[0]));
+            if may_be_header {
+                // RFC 6587 octet counting is recognised at the start of a message, as rsyslog
+                // does: `29 <13>…` is a frame of 29 bytes, newlines and all.
+                let stash = if self.header_stash {
+                    self.pending.len()
+                } else {
+                    0
+                };
+                let mut candidate = [0u8; 10];
+                let n = (stash + rest.len()).min(candidate.len());
+                candidate[..stash].copy_from_slice(&self.pending);
+                candidate[stash..n].copy_from_slice(&rest[..n - stash]);
+                match octet_header(&candidate[..n]) {
+                    Octets::Frame { len, header } => {
+                        pos += header - stash;
+                        self.pending.clear();
+                        self.header_stash = false;
+                        self.frame_left = Some(len);
+                        continue;
+                    }
+                    Octets::NeedMore => {
+                        self.pending.extend_from_slice(rest);
+                        self.header_stash = true;
+                        return input.len();
+                    }
+                    Octets::No => {
+                        self.header_stash = false;
+                        if self.pending.len() > self.max_line {
+                            continue; // cut into pieces first, above
+                        }
+                    }
+                }
             }
             let room = self.max_line - self.pending.len();
             // A newline right after `room` bytes still ends a line of exactly `max_line` bytes.
@@ -110,6 +198,7 @@ impl Framer {
                         bytes: &rest[..room],
                         line_break: LineBreak::LineMax,
                         continuation,
+                        octet_counted: false,
                     })
                 } else {
                     self.pending.extend_from_slice(&rest[..room]);
@@ -136,10 +225,21 @@ impl Framer {
         if self.pending.is_empty() {
             return;
         }
+        self.header_stash = false;
+        while self.pending.len() > self.max_line {
+            self.emit_overflow(emit);
+        }
         let line = std::mem::take(&mut self.pending);
-        let continuation = std::mem::replace(&mut self.continuing, false);
+        let octet_counted = self.frame_left.is_some();
+        // A frame cut by a pause goes on as a continuation; one cut by EOF is over.
+        let continuation = if octet_counted && why == LineBreak::Timeout {
+            std::mem::replace(&mut self.continuing, true)
+        } else {
+            self.frame_left = None;
+            std::mem::replace(&mut self.continuing, false)
+        };
         let mut bytes = &line[..];
-        if why == LineBreak::Eof {
+        if why == LineBreak::Eof && !octet_counted {
             bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         }
         if !bytes.is_empty() {
@@ -147,8 +247,56 @@ impl Framer {
                 bytes,
                 line_break: why,
                 continuation,
+                octet_counted,
             });
         }
+    }
+
+    /// Takes bytes of an octet-counted frame; emits it when complete (or a `line-max` piece when
+    /// it outgrows the limit). Returns what `emit` said.
+    fn feed_frame(
+        &mut self,
+        rest: &[u8],
+        left: usize,
+        pos: &mut usize,
+        emit: &mut dyn FnMut(Message<'_>) -> bool,
+    ) -> bool {
+        let room = self.max_line.saturating_sub(self.pending.len());
+        if room == 0 {
+            let piece = std::mem::take(&mut self.pending);
+            let continuation = std::mem::replace(&mut self.continuing, true);
+            return emit(Message {
+                bytes: &piece,
+                line_break: LineBreak::LineMax,
+                continuation,
+                octet_counted: true,
+            });
+        }
+        let take = left.min(rest.len()).min(room);
+        self.pending.extend_from_slice(&rest[..take]);
+        *pos += take;
+        if left > take {
+            self.frame_left = Some(left - take);
+            return true;
+        }
+        self.frame_left = None;
+        let frame = std::mem::take(&mut self.pending);
+        let continuation = std::mem::replace(&mut self.continuing, false);
+        let go_on = emit(Message {
+            bytes: &frame,
+            line_break: LineBreak::Newline,
+            continuation,
+            octet_counted: true,
+        });
+        self.reuse(frame);
+        go_on
+    }
+
+    /// Emits the first `max_line` bytes held as a `line-max` piece, keeping the rest.
+    fn emit_overflow(&mut self, emit: &mut dyn FnMut(Message<'_>) -> bool) -> bool {
+        let rest = self.pending.split_off(self.max_line);
+        let piece = std::mem::replace(&mut self.pending, rest);
+        self.emit_piece(&piece, emit)
     }
 
     fn emit_piece(&mut self, piece: &[u8], emit: &mut dyn FnMut(Message<'_>) -> bool) -> bool {
@@ -157,6 +305,7 @@ impl Framer {
             bytes: piece,
             line_break: LineBreak::LineMax,
             continuation,
+            octet_counted: false,
         })
     }
 
@@ -184,6 +333,7 @@ fn emit_line(
         bytes: line,
         line_break,
         continuation,
+        octet_counted: false,
     })
 }
 
@@ -349,6 +499,106 @@ mod tests {
         });
         assert_eq!(got, [(b"no newline".to_vec(), LineBreak::Timeout)]);
         assert!(!f.has_pending());
+    }
+
+    #[test]
+    fn octet_counted_frames_in_any_chunking() {
+        let input: &[u8] = b"11 <13>a\nb c d3 <5>12 apples\n7 <1>\r\n\n\nplain\n";
+        let expected: Vec<(Vec<u8>, bool)> = vec![
+            (b"<13>a\nb c d".to_vec(), true),
+            (b"<5>".to_vec(), true),
+            (b"12 apples".to_vec(), false),
+            (b"<1>\r\n\n\n".to_vec(), true),
+            (b"plain".to_vec(), false),
+        ];
+        for chunk in 1..=input.len() {
+            let chunks: Vec<&[u8]> = input.chunks(chunk).collect();
+            let mut f = Framer::new(100);
+            let mut got = Vec::new();
+            for c in &chunks {
+                f.feed(c, &mut |m| {
+                    got.push((m.bytes.to_vec(), m.octet_counted));
+                    true
+                });
+            }
+            assert_eq!(got, expected, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn octet_frames_respect_max_line_and_eof() {
+        let mut f = Framer::new(4);
+        let mut got = Vec::new();
+        let mut emit = |m: Message<'_>| {
+            got.push((m.bytes.to_vec(), m.line_break, m.continuation));
+            true
+        };
+        f.feed(b"11 <3>abcdefgh9 <1>xy", &mut emit);
+        f.flush(LineBreak::Eof, &mut emit);
+        assert_eq!(
+            got,
+            vec![
+                (b"<3>a".to_vec(), LineBreak::LineMax, false),
+                (b"bcde".to_vec(), LineBreak::LineMax, true),
+                (b"fgh".to_vec(), LineBreak::Newline, true),
+                (b"<1>x".to_vec(), LineBreak::LineMax, false),
+                (b"y".to_vec(), LineBreak::Eof, true),
+            ]
+        );
+        // Digits alone at EOF are just text.
+        let mut f = Framer::new(100);
+        let mut got = Vec::new();
+        f.feed(b"123", &mut |_| unreachable!());
+        f.flush(LineBreak::Eof, &mut |m| {
+            got.push(m.bytes.to_vec());
+            true
+        });
+        assert_eq!(got, vec![b"123".to_vec()]);
+    }
+
+    /// Found by the fuzzer: digits held back as a possible octet-counting header, which then
+    /// turned out to be text, came out as one piece over the limit.
+    #[test]
+    fn held_back_digits_are_cut_like_any_text() {
+        let frame = |max: usize, input: &[u8], chunk: usize| {
+            let mut f = Framer::new(max);
+            let mut out = Vec::new();
+            let mut emit = |m: Message<'_>| {
+                out.push((
+                    m.bytes.to_vec(),
+                    m.line_break,
+                    m.continuation,
+                    m.octet_counted,
+                ));
+                true
+            };
+            for c in input.chunks(chunk) {
+                let mut c = c;
+                while !c.is_empty() {
+                    let used = f.feed(c, &mut emit);
+                    c = &c[used..];
+                }
+            }
+            f.flush(LineBreak::Eof, &mut emit);
+            out
+        };
+        for input in [
+            &b"5555555555555555555\n\n"[..],
+            b"1234567 x\n",
+            b"12 <1",
+            b"99",
+        ] {
+            for max in [1, 2, 3, 100] {
+                let whole = frame(max, input, input.len());
+                for chunk in 1..input.len() {
+                    assert_eq!(
+                        frame(max, input, chunk),
+                        whole,
+                        "{input:?} max {max} chunk {chunk}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -46,6 +46,24 @@ fn logger_headers_become_syslog_fields_journald() {
             "y",
         ],
     );
+    // RFC 6587 octet counting, both formats, several messages on one connection, one of them
+    // holding a newline (octet counting keeps it one entry).
+    let counted = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new("logger")
+            .arg("-u")
+            .arg(&daemon.socket)
+            .args(["--socket-errors=on", "--octet-count"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    counted(&["-t", "oc3164"], b"first\nsecond\n");
+    counted(&["--rfc5424", "-t", "oc5424"], b"third\n");
+    let body = "<13>1 - - oc5424 - - - multi\nline";
+    send(&daemon.socket, format!("{} {body}", body.len()).as_bytes());
     // Starts like a header, is not one: kept whole after its PRI.
     send(&daemon.socket, b"<13>Nov 25 21:57:27 no colon here\n");
 
@@ -89,6 +107,19 @@ fn logger_headers_become_syslog_fields_journald() {
     let kept = &wait(&id)[0];
     assert_eq!(kept.get("MESSAGE"), "Nov 25 21:57:27 no colon here");
     assert_eq!(kept.get("PRIORITY"), "5");
+    let oc3164: Vec<String> = wait("oc3164").iter().map(|e| e.get("MESSAGE")).collect();
+    assert_eq!(oc3164, ["first", "second"]);
+    let oc5424 = wait_until(std::time::Duration::from_secs(10), "oc5424", || {
+        let e = all("oc5424");
+        (e.len() == 2).then_some(e)
+    });
+    assert_eq!(oc5424[0].get("MESSAGE"), "third");
+    assert_eq!(
+        oc5424[1].get("MESSAGE"),
+        "multi\nline",
+        "one entry, newline and all"
+    );
+
     for tag in ["plaintag", "mytag", "tag5424", id.as_str()] {
         assert_eq!(all(tag).len(), 1, "{tag}: one entry");
     }
