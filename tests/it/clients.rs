@@ -124,3 +124,172 @@ fn logger_headers_become_syslog_fields_journald() {
         assert_eq!(all(tag).len(), 1, "{tag}: one entry");
     }
 }
+
+/// The fenced code blocks of README's "Clients" section, as (language, code).
+fn readme_snippets() -> Vec<(String, String)> {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("## Clients")
+        .expect("README has a Clients section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let mut snippets = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if let Some(lang) = line.strip_prefix("```").filter(|l| !l.is_empty()) {
+            let code: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            snippets.push((lang.to_owned(), code.join("\n") + "\n"));
+        }
+    }
+    snippets
+}
+
+#[test]
+fn every_readme_client_snippet_works() {
+    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    let socket = daemon.socket.display().to_string();
+    let dir = temp_dir();
+    let app_dir = std::path::Path::new(APP)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    // Our own PATH too: it is where rustc and node are.
+    let path = format!("{app_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let run = |cmd: &mut Command, what: &str| {
+        // `app send` without --socket finds the socket through the configuration.
+        let out = cmd
+            .env("PATH", &path)
+            .env("APP_SOCKET__PATH", &socket)
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let snippets = readme_snippets();
+    let langs: Vec<&str> = snippets.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(langs, ["sh", "python", "js", "rust", "c"]);
+    for (lang, code) in &snippets {
+        let code = code.replace("/run/app.sock", &socket);
+        let file = dir.path().join(format!("client.{lang}"));
+        std::fs::write(&file, &code).unwrap();
+        let bin = dir.path().join(format!("client-{lang}"));
+        match lang.as_str() {
+            "sh" => {
+                for line in code.lines() {
+                    run(Command::new("sh").args(["-c", line]), line);
+                }
+            }
+            "python" => run(Command::new("python3").arg(&file), "python3"),
+            "js" => run(Command::new("node").arg(&file), "node"),
+            "rust" => {
+                run(
+                    Command::new("rustc").arg("-o").arg(&bin).arg(&file),
+                    "rustc",
+                );
+                run(&mut Command::new(&bin), "the Rust client");
+            }
+            "c" => {
+                run(
+                    Command::new("cc")
+                        .args(["-Wall", "-Werror", "-o"])
+                        .arg(&bin)
+                        .arg(&file),
+                    "cc",
+                );
+                run(&mut Command::new(&bin), "the C client");
+            }
+            other => panic!("no runner for {other}"),
+        }
+    }
+    assert!(daemon.stop().success());
+    let out = daemon.stdout();
+    for (expected, _) in [
+        ("> hello from socat", ()),
+        ("> hello from nc", ()),
+        ("myscript[", ()),
+        ("<4> hello from app send", ()),
+        ("<4> hello from python", ()),
+        ("> hello from node", ()),
+        ("> hello from rust", ()),
+        ("> hello from c", ()),
+    ] {
+        assert!(out.contains(expected), "{expected:?} not in:\n{out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("myscript[") && l.ends_with("> hello from logger")),
+        "{out}"
+    );
+}
+
+/// The classic Node.js client: `client.write(text)` once a second, no newline.
+fn node_writer(socket: &std::path::Path, script: &str) {
+    let out = Command::new("node")
+        .args(["-e", script, socket.to_str().unwrap()])
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EVERY_SECOND: &str = r#"
+const net = require("net");
+const client = net.createConnection(process.argv[1], () => {
+  let n = 0;
+  const timer = setInterval(() => {
+    client.write("text");
+    if (++n === 5) { clearInterval(timer); setTimeout(() => client.end(), 1000); }
+  }, 1000);
+});
+"#;
+
+#[test]
+fn newline_less_writers_get_one_entry_per_write() {
+    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    node_writer(&daemon.socket, EVERY_SECOND);
+    // Half a line, a 200 ms pause, then the rest with its newline: one entry.
+    node_writer(
+        &daemon.socket,
+        r#"const c = require("net").createConnection(process.argv[1], () => {
+             c.write("half a line, ");
+             setTimeout(() => c.end("then the rest\n"), 200);
+           });"#,
+    );
+    assert!(daemon.stop().success());
+    let out = daemon.stdout();
+    let writes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with("> text [timeout]"))
+        .collect();
+    assert_eq!(writes.len(), 5, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with("> half a line, then the rest")),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 6, "{out}");
+}
+
+#[test]
+fn flush_after_zero_waits_for_the_close() {
+    let mut daemon = DaemonBuilder::new()
+        .arg("--sink")
+        .arg("stdout")
+        .env("APP_PROTOCOL__FLUSH_AFTER", "0s")
+        .start();
+    node_writer(&daemon.socket, EVERY_SECOND);
+    assert!(daemon.stop().success());
+    let out = daemon.stdout();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.trim_end().ends_with("> texttexttexttexttext [eof]"),
+        "{out}"
+    );
+}
