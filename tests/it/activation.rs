@@ -24,23 +24,7 @@ fn socket_activated_hello_reaches_journald() {
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
-    let mut nobody = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .args([
-            "socat",
-            "-",
-            &format!("UNIX-CONNECT:{}", daemon.socket.display()),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("setpriv + socat");
+    let mut nobody = socat_as_nobody(&daemon.socket);
     let nobody_pid = nobody.id();
     nobody
         .stdin
@@ -132,8 +116,7 @@ fn listen_pid_of_another_process_is_ignored() {
     let mut daemon = DaemonBuilder::new()
         .env("LISTEN_FDS", "1")
         .env("LISTEN_PID", "1")
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .start();
     assert!(
         daemon

@@ -3,7 +3,7 @@
 use crate::support::*;
 
 fn stdout_daemon() -> Daemon {
-    DaemonBuilder::new().arg("--sink").arg("stdout").start()
+    DaemonBuilder::new().stdout_sink().start()
 }
 
 #[test]

@@ -146,7 +146,7 @@ fn readme_snippets() -> Vec<(String, String)> {
 
 #[test]
 fn every_readme_client_snippet_works() {
-    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().start();
     let socket = daemon.socket.display().to_string();
     let dir = temp_dir();
     let app_dir = std::path::Path::new(APP)
@@ -252,7 +252,7 @@ const client = net.createConnection(process.argv[1], () => {
 
 #[test]
 fn newline_less_writers_get_one_entry_per_write() {
-    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().start();
     node_writer(&daemon.socket, EVERY_SECOND);
     // Half a line, a 200 ms pause, then the rest with its newline: one entry.
     node_writer(
@@ -280,8 +280,7 @@ fn newline_less_writers_get_one_entry_per_write() {
 #[test]
 fn flush_after_zero_waits_for_the_close() {
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .env("APP_PROTOCOL__FLUSH_AFTER", "0s")
         .start();
     node_writer(&daemon.socket, EVERY_SECOND);

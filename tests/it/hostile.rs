@@ -15,7 +15,7 @@ const SEC: Duration = Duration::from_secs(1);
 const MAX_RSS_KIB: u64 = 64 * 1024;
 
 fn stdout_daemon(env: &[(&str, &str)]) -> Daemon {
-    let mut b = DaemonBuilder::new().arg("--sink").arg("stdout");
+    let mut b = DaemonBuilder::new().stdout_sink();
     for (k, v) in env {
         b = b.env(k, v);
     }

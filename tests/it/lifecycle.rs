@@ -16,11 +16,7 @@ const SEC: Duration = Duration::from_secs(1);
 #[test]
 fn ready_only_once_listening_with_status() {
     let notify = NotifySocket::new();
-    let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
-        .start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().notify(&notify).start();
     let first = notify.recv(10 * SEC).expect("a notification");
     assert_eq!(first, "READY=1\nSTATUS=0 clients, 0 messages, 0 suppressed");
     UnixStream::connect(&daemon.socket).expect("READY=1 means the socket answers");
@@ -37,11 +33,7 @@ fn ready_only_once_listening_with_status() {
 #[test]
 fn abstract_notify_socket_works() {
     let notify = NotifySocket::new_abstract();
-    let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
-        .start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().notify(&notify).start();
     assert!(
         notify
             .recv(10 * SEC)
@@ -58,7 +50,7 @@ fn abstract_notify_socket_works() {
 
 #[test]
 fn no_notify_socket_is_silent() {
-    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().start();
     send(&daemon.socket, b"x\n");
     assert!(daemon.stop().success());
     let stderr = daemon.stderr();
@@ -129,11 +121,7 @@ fn a_fatal_start_error_is_reported_and_exits_1() {
 #[test]
 fn status_follows_clients_and_messages() {
     let notify = NotifySocket::new();
-    let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
-        .start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().notify(&notify).start();
     notify.until("READY=1", 10 * SEC);
     let mut a = UnixStream::connect(&daemon.socket).unwrap();
     let mut b = UnixStream::connect(&daemon.socket).unwrap();
@@ -175,9 +163,8 @@ fn status_follows_clients_and_messages() {
 fn watchdog_pings_at_half_the_interval_and_stop_when_the_daemon_stalls() {
     let notify = NotifySocket::new();
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
+        .stdout_sink()
+        .notify(&notify)
         .env("WATCHDOG_USEC", "400000")
         .start();
     notify.until("READY=1", 10 * SEC);
@@ -202,9 +189,8 @@ fn watchdog_pings_at_half_the_interval_and_stop_when_the_daemon_stalls() {
 fn watchdog_for_another_pid_is_ignored() {
     let notify = NotifySocket::new();
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
+        .stdout_sink()
+        .notify(&notify)
         .env("WATCHDOG_USEC", "200000")
         .env("WATCHDOG_PID", "1")
         .start();
@@ -224,7 +210,7 @@ fn stop_mid_stream(signal: Signal, name: &str) {
     let mut daemon = DaemonBuilder::new()
         .journald(&journald)
         .identifier(&id)
-        .env("NOTIFY_SOCKET", &notify.address)
+        .notify(&notify)
         .env("APP_SERVICE__SHUTDOWN_TIMEOUT", "3s")
         // Tens of thousands of lines from one uid: not a rate-limit test.
         .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
@@ -333,9 +319,8 @@ fn reload_applies_live_settings_and_survives_a_broken_file() {
         )
     };
     let builder = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
-        .env("NOTIFY_SOCKET", &notify.address)
+        .stdout_sink()
+        .notify(&notify)
         .socket_from_config();
     let socket = builder.socket_path().display().to_string();
     let mut daemon = builder
@@ -467,8 +452,7 @@ fn idle_exit_leaves_the_socket_for_the_next_start_journald() {
 #[test]
 fn idle_timeout_zero_never_exits() {
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .env("APP_SERVICE__IDLE_TIMEOUT", "0s")
         .activated(&[])
         .start();

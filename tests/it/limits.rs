@@ -19,8 +19,7 @@ fn read_reply(s: &mut UnixStream) -> String {
 #[test]
 fn connection_limit_refuses_the_101st_and_recovers() {
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .env("APP_LIMITS__MAX_CONNECTIONS", "100")
         .start();
     let mut held: Vec<UnixStream> = (0..100)
@@ -86,24 +85,7 @@ fn rate_limit_per_uid_with_an_exact_report_journald() {
         .env("APP_SOCKET__MODE", "0666")
         .start();
     // Root sends 3× the burst; nobody sends 80 lines at the same time.
-    let mut nobody = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "--",
-        ])
-        .args([
-            "socat",
-            "-",
-            &format!("UNIX-CONNECT:{}", daemon.socket.display()),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut nobody = socat_as_nobody(&daemon.socket);
     let mut heavy = UnixStream::connect(&daemon.socket).unwrap();
     let mut nobody_in = nobody.stdin.take().unwrap();
     for i in 0..300 {
@@ -155,8 +137,7 @@ fn rate_limit_per_uid_with_an_exact_report_journald() {
 #[test]
 fn rate_limit_burst_zero_is_off() {
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
         .start();
     let input: String = (0..20_000).map(|i| format!("m{i}\n")).collect();

@@ -7,7 +7,7 @@ use crate::support::*;
 
 #[test]
 fn binds_with_mode_0660_and_removes_on_exit() {
-    let mut daemon = DaemonBuilder::new().arg("--sink").arg("stdout").start();
+    let mut daemon = DaemonBuilder::new().stdout_sink().start();
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
         .permissions()
@@ -21,8 +21,7 @@ fn binds_with_mode_0660_and_removes_on_exit() {
 #[test]
 fn mode_is_configurable() {
     let mut daemon = DaemonBuilder::new()
-        .arg("--sink")
-        .arg("stdout")
+        .stdout_sink()
         .env("APP_SOCKET__MODE", "0600")
         .start();
     let mode = std::fs::metadata(&daemon.socket)

@@ -404,6 +404,16 @@ impl<'a> DaemonBuilder<'a> {
         self.env("APP_JOURNAL__IDENTIFIER", id)
     }
 
+    /// Client messages to the daemon's stdout (read back with [`Daemon::stdout`]).
+    pub fn stdout_sink(self) -> Self {
+        self.arg("--sink").arg("stdout")
+    }
+
+    /// Passes `notify` as `NOTIFY_SOCKET`.
+    pub fn notify(self, notify: &NotifySocket) -> Self {
+        self.env("NOTIFY_SOCKET", &notify.address)
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.insert(k.to_owned(), v.to_owned());
         self
@@ -730,4 +740,22 @@ pub fn raise_nofile(n: u64) {
         },
     )
     .unwrap();
+}
+
+/// `socat` connected to `socket` as uid/gid 65534 (nobody), its stdin ready for lines.
+pub fn socat_as_nobody(socket: &Path) -> Child {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .args(["socat", "-", &format!("UNIX-CONNECT:{}", socket.display())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("setpriv + socat")
 }
