@@ -107,6 +107,8 @@ fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
 }
 
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
+    // Before anything else, so that an early SIGTERM waits for its handler.
+    shutdown::hold_signals();
     // Everything that touches the environment happens here, before any thread exists.
     let inputs = ConfigInputs::new(cli, args);
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();

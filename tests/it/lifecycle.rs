@@ -556,3 +556,32 @@ fn named_sockets_are_logged_and_tagged_journald() {
         "{stderr}"
     );
 }
+
+/// systemd may send SIGTERM at any moment, also while the daemon is still starting: the signal
+/// waits for its handler instead of killing the process (CI once saw exit "-1" here).
+#[test]
+fn sigterm_during_startup_still_stops_cleanly() {
+    for _ in 0..50 {
+        let dir = temp_dir();
+        let socket = dir.path().join("app.sock");
+        let mut child = Command::new(APP)
+            .args(["serve", "--sink", "stdout", "--socket"])
+            .arg(&socket)
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // As early as we can tell it is alive: the socket file appears before the runtime starts,
+        // so poll for it without sleeping, to land in that window.
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < 5 * SEC, "no socket");
+            std::hint::spin_loop();
+        }
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, Signal::TERM).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{status}");
+    }
+}
