@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             facility,
             line_break,
             identifier: &identifier,
+            header: None,
         },
         &mut batch,
     );
