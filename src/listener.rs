@@ -3,13 +3,12 @@
 //! Everything here runs in the synchronous part of `main`, before the runtime (and any thread)
 //! exists, because taking the inherited fds unsets `LISTEN_*` in the process environment.
 
-use std::fmt;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rustix::net::{AddressFamily, SocketType, sockopt};
 
@@ -49,9 +48,11 @@ pub struct Listeners {
 impl Listeners {
     /// True when systemd handed over an already-accepted connection (`Accept=yes`).
     pub fn is_single_connection(&self) -> bool {
-        self.sockets
-            .iter()
-            .all(|l| matches!(l.socket, Socket::ConnectedUnix(_) | Socket::ConnectedTcp(_)))
+        !self.sockets.is_empty()
+            && self
+                .sockets
+                .iter()
+                .all(|l| matches!(l.socket, Socket::ConnectedUnix(_) | Socket::ConnectedTcp(_)))
     }
 
     /// True when the sockets came from systemd rather than from our own `bind`.
@@ -160,12 +161,6 @@ pub struct BoundPath {
     ino: u64,
 }
 
-impl BoundPath {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for BoundPath {
     fn drop(&mut self) {
         if let Ok(meta) = std::fs::symlink_metadata(&self.path)
@@ -174,12 +169,6 @@ impl Drop for BoundPath {
         {
             let _ = std::fs::remove_file(&self.path);
         }
-    }
-}
-
-impl fmt::Display for BoundPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.path.display().fmt(f)
     }
 }
 
@@ -297,6 +286,7 @@ impl Socket {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixDatagram;
+    use std::path::Path;
 
     fn settings(path: &Path) -> SocketSettings {
         SocketSettings {

@@ -42,10 +42,6 @@ impl Notifier {
         self.send_logged("READY=1");
     }
 
-    pub fn stopping(&self) {
-        self.send_logged("STOPPING=1");
-    }
-
     /// `RELOADING=1` with the `MONOTONIC_USEC=` stamp that systemd ≥ 253 requires (and 252
     /// ignores): it tells a reload that completed from one that merely started.
     pub fn reloading(&self) {
@@ -128,7 +124,9 @@ mod tests {
         let name = format!("app-test-notify-{}", std::process::id());
         let rx = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
             .unwrap();
-        Notifier::to_socket(format!("@{name}")).stopping();
+        Notifier::to_socket(format!("@{name}"))
+            .send("STOPPING=1")
+            .unwrap();
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1");

@@ -114,12 +114,9 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         shutdown: shutdown.clone(),
     };
 
+    let inherited = listeners.inherited();
+    let single = listeners.is_single_connection();
     let Listeners { sockets, bound } = listeners;
-    let inherited = bound.is_none();
-    let single = !sockets.is_empty()
-        && sockets
-            .iter()
-            .all(|l| matches!(l.socket, Socket::ConnectedUnix(_) | Socket::ConnectedTcp(_)));
     let named = sockets.len() > 1;
     let next_id = Arc::new(AtomicU64::new(1));
     let tracker = TaskTracker::new();

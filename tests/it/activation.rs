@@ -65,11 +65,7 @@ fn socket_activated_hello_reaches_journald() {
 fn unix_and_tcp_listeners_are_served_together_journald() {
     let journald = Journald::start();
     let id = identifier("tcp");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let tcp_addr = format!("127.0.0.1:{port}");
+    let tcp_addr = free_tcp_addr();
     let mut daemon = DaemonBuilder::new()
         .journald(&journald)
         .identifier(&id)

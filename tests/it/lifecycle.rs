@@ -521,11 +521,7 @@ fn accept_yes_serves_one_connection_and_exits_journald() {
 fn named_sockets_are_logged_and_tagged_journald() {
     let journald = Journald::start();
     let id = identifier("named");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let tcp_addr = format!("127.0.0.1:{port}");
+    let tcp_addr = free_tcp_addr();
     let mut daemon = DaemonBuilder::new()
         .journald(&journald)
         .identifier(&id)

@@ -759,3 +759,9 @@ pub fn socat_as_nobody(socket: &Path) -> Child {
         .spawn()
         .expect("setpriv + socat")
 }
+
+/// `127.0.0.1:PORT` with a port that was free a moment ago, for a TCP listener.
+pub fn free_tcp_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
