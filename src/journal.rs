@@ -11,11 +11,13 @@ use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use std::os::unix::net::UnixDatagram;
+
 use tokio::io::Interest;
-use tokio::net::UnixDatagram;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use crate::protocol::LineBreak;
@@ -355,9 +357,22 @@ async fn run_stdout(mut rx: mpsc::Receiver<Batch>) {
 
 async fn run_journal(mut rx: mpsc::Receiver<Batch>, path: PathBuf) {
     let mut journal = JournalSocket::new(path);
-    while let Some(batch) = rx.recv().await {
-        for entry in batch.entries() {
-            journal.send(entry).await;
+    loop {
+        let batch = match rx.try_recv() {
+            Ok(batch) => batch,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                journal.pacer.idle();
+                match rx.recv().await {
+                    Some(batch) => batch,
+                    None => return,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        };
+        let entries: Vec<&[u8]> = batch.entries().collect();
+        let mut sent = 0;
+        while sent < entries.len() {
+            sent += journal.send_some(&entries[sent..]).await;
         }
     }
 }
@@ -368,6 +383,9 @@ struct JournalSocket {
     socket: Option<UnixDatagram>,
     /// Set while journald is unreachable, so that the outage is reported once, not per entry.
     outage: Option<io::Error>,
+    /// journald's receive queue was found full: wait for room before the next send.
+    full: bool,
+    pacer: Pacer,
 }
 
 impl JournalSocket {
@@ -376,22 +394,31 @@ impl JournalSocket {
             path,
             socket: None,
             outage: None,
+            full: false,
+            pacer: Pacer::default(),
         }
     }
 
     /// Sends one entry, waiting (never dropping) while journald is busy or away.
+    #[cfg(test)]
     async fn send(&mut self, entry: &[u8]) {
+        self.send_some(&[entry]).await;
+    }
+
+    /// Sends the first of `entries` and as many after it as journald takes at once; returns how
+    /// many went. Waits (never drops) while journald is busy or away.
+    async fn send_some(&mut self, entries: &[&[u8]]) -> usize {
         let mut backoff = Duration::from_millis(10);
         loop {
-            match self.try_send(entry).await {
-                Ok(()) => {
+            match self.try_send_some(entries).await {
+                Ok(sent) => {
                     if let Some(e) = self.outage.take() {
                         tracing::info!(
                             "journal socket {} is back (it had failed with: {e})",
                             self.path.display()
                         );
                     }
-                    return;
+                    return sent;
                 }
                 Err(e) => {
                     if self.outage.is_none() {
@@ -402,6 +429,7 @@ impl JournalSocket {
                         self.outage = Some(e);
                     }
                     self.socket = None;
+                    self.pacer.idle();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -409,28 +437,191 @@ impl JournalSocket {
         }
     }
 
-    async fn try_send(&mut self, entry: &[u8]) -> io::Result<()> {
+    async fn try_send_some(&mut self, entries: &[&[u8]]) -> io::Result<usize> {
         let socket = match &self.socket {
             Some(s) => s,
             None => self.socket.insert(connect(&self.path)?),
         };
-        if entry.len() > MAX_DATAGRAM {
-            tracing::debug!("entry of {} bytes sent through a memfd", entry.len());
-            return send_memfd(socket, entry).await;
+        let first = entries[0];
+        if first.len() > MAX_DATAGRAM {
+            tracing::debug!("entry of {} bytes sent through a memfd", first.len());
+            send_memfd(socket, first).await?;
+            return Ok(1);
         }
-        // A connected socket lets the kernel wake us when journald's queue has room again.
-        match socket.send(entry).await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc_errno::EMSGSIZE | libc_errno::ENOBUFS)
-                ) =>
-            {
-                send_memfd(socket, entry).await
+        let n = entries
+            .iter()
+            .take(MMSG_BATCH)
+            .take_while(|e| e.len() <= MAX_DATAGRAM)
+            .count();
+        loop {
+            if self.full {
+                // journald's receive queue was full. Rather than refill it one slot at a time
+                // as journald frees them, let it drain a while and refill many at once.
+                match self.pacer.pause() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => writable(socket).await?,
+                }
+                self.full = false;
             }
-            Err(e) => Err(e),
+            match send_datagrams(socket, &entries[..n]) {
+                Ok(sent) => {
+                    self.pacer.sent(sent);
+                    if sent < n {
+                        // The kernel took what fit: the queue is full again.
+                        self.pacer.full(Instant::now());
+                        self.full = true;
+                    }
+                    return Ok(sent);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.pacer.full(Instant::now());
+                    self.full = true;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc_errno::EMSGSIZE | libc_errno::ENOBUFS)
+                    ) =>
+                {
+                    send_memfd(socket, first).await?;
+                    return Ok(1);
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+}
+
+/// Waits until `socket` can send. The socket is registered with the runtime only for the
+/// wait: registered for good, the kernel would wake the runtime each time journald takes one of
+/// our entries off its queue (the freed buffer space is a write-space event), a wake-up per
+/// message that cost more CPU than everything else the daemon does.
+async fn writable(socket: &UnixDatagram) -> io::Result<()> {
+    // SAFETY: a `BorrowedFd` stays open and names the same socket for as long as the `AsyncFd`
+    // holding it lives, which is all `register_with_interest` asks.
+    let fd = unsafe { AsyncFd::register_with_interest(socket.as_fd(), Interest::WRITABLE) }
+        .map_err(io::Error::from)?;
+    let _ready = fd.writable().await?;
+    Ok(())
+}
+
+/// Datagrams handed to the kernel per sendmmsg(2) call.
+const MMSG_BATCH: usize = 64;
+
+/// One sendmmsg(2): returns how many of `entries` the kernel took (at least one), or the error
+/// of the first.
+fn send_datagrams(socket: &UnixDatagram, entries: &[&[u8]]) -> io::Result<usize> {
+    use rustix::net::MMsgHdr;
+    let iovs: Vec<[io::IoSlice<'_>; 1]> = entries.iter().map(|e| [io::IoSlice::new(e)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = iovs
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut messages: Vec<MMsgHdr<'_>> = iovs
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(iov, control)| MMsgHdr::new(iov, control))
+        .collect();
+    Ok(rustix::net::sendmmsg(
+        socket,
+        &mut messages,
+        SendFlags::empty(),
+    )?)
+}
+
+/// Paces refills of journald's receive queue while it is full.
+///
+/// A sender blocked on a full datagram queue is woken each time journald takes one entry out,
+/// so a daemon that simply waits for the socket to become writable refills one slot per
+/// wake-up, and both it and journald spend more time on wake-ups than on entries. Instead, once
+/// the queue has room, the pacer lets journald drain part of it before the next `sendmmsg`
+/// refills many slots at once. The queue's size (`net.unix.max_dgram_qlen` in journald's network
+/// namespace, 512 under systemd, 10 by default) cannot be read from here, so it is learnt: the
+/// longest run of entries the kernel took between two "full" answers bounds it from below, and
+/// journald's drain rate is measured between "full" answers. The pause is a share of the time
+/// the known capacity takes to drain, minus the timer's slack; when that is under a
+/// millisecond (a small queue or a fast journald) there is no pause, and the daemon refills
+/// at each wake-up as before. A run close to the whole capacity means the queue may have run
+/// dry during the pause, and the share halves.
+#[derive(Debug)]
+struct Pacer {
+    /// Entries the kernel took since the queue was last full, sent back to back.
+    run: usize,
+    /// When the queue was last found full; `None` after the sink ran out of entries, when the
+    /// next run measures nothing but how much there was to send.
+    last_full: Option<Instant>,
+    /// The longest run seen: a lower bound on the queue's capacity.
+    capacity: usize,
+    /// journald's drain rate in entries per second, from runs that cannot have emptied the queue.
+    rate: f64,
+    /// Share of the known capacity journald may drain before the next refill.
+    share: f64,
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Pacer {
+            run: 0,
+            last_full: None,
+            capacity: 0,
+            rate: 0.0,
+            share: Pacer::MAX_SHARE,
+        }
+    }
+}
+
+impl Pacer {
+    const MAX_SHARE: f64 = 0.5;
+    const MIN_SHARE: f64 = 1.0 / 8.0;
+    /// tokio's timer fires up to a millisecond late.
+    const TIMER_SLACK: Duration = Duration::from_millis(1);
+    const MAX_PAUSE: Duration = Duration::from_millis(4);
+
+    fn sent(&mut self, n: usize) {
+        self.run += n;
+    }
+
+    /// The sink has nothing more to send for now.
+    fn idle(&mut self) {
+        self.run = 0;
+        self.last_full = None;
+    }
+
+    /// The kernel said the queue is full.
+    fn full(&mut self, now: Instant) {
+        let run = std::mem::take(&mut self.run);
+        if run > self.capacity {
+            // A longer run than ever: the queue holds at least this many. It may have run dry
+            // meanwhile, so the run says nothing about the rate.
+            self.capacity = run;
+        } else if run * 10 > self.capacity * 9 {
+            // Nearly the whole capacity went in: journald may have idled. Pause less.
+            self.share = (self.share / 2.0).max(Pacer::MIN_SHARE);
+        } else if let Some(then) = self.last_full {
+            let elapsed = now.saturating_duration_since(then).as_secs_f64();
+            if run > 0 && elapsed > 0.0 {
+                let sample = run as f64 / elapsed;
+                self.rate = if self.rate == 0.0 {
+                    sample
+                } else {
+                    0.875 * self.rate + 0.125 * sample
+                };
+            }
+            if run * 4 < self.capacity {
+                self.share = (self.share * 1.25).min(Pacer::MAX_SHARE);
+            }
+        }
+        self.last_full = Some(now);
+    }
+
+    /// How long to wait, once the queue has room, before refilling it.
+    fn pause(&self) -> Option<Duration> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let drain = Duration::from_secs_f64(self.share * self.capacity as f64 / self.rate);
+        let pause = drain.checked_sub(Pacer::TIMER_SLACK)?;
+        (pause >= Duration::from_millis(1)).then(|| pause.min(Pacer::MAX_PAUSE))
     }
 }
 
@@ -444,6 +635,7 @@ fn connect(path: &Path) -> io::Result<UnixDatagram> {
     let socket = UnixDatagram::unbound()?;
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SNDBUF);
     socket.connect(path)?;
+    socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
@@ -461,17 +653,17 @@ async fn send_memfd(socket: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
         &file,
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
     )?;
-    socket
-        .async_io(Interest::WRITABLE, || {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            let fds = [file.as_fd()];
-            control.push(SendAncillaryMessage::ScmRights(&fds));
-            rustix::net::sendmsg(socket, &[], &mut control, SendFlags::empty())
-                .map(|_| ())
-                .map_err(io::Error::from)
-        })
-        .await
+    loop {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [file.as_fd()];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        match rustix::net::sendmsg(socket, &[], &mut control, SendFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::AGAIN) => writable(socket).await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Reads one native-protocol entry back into `(name, value)` pairs, checking what journald
@@ -626,6 +818,104 @@ mod tests {
         assert_eq!(recv(&second), b"two");
         journal.send(b"three").await;
         assert_eq!(recv(&second), b"three");
+    }
+
+    #[tokio::test]
+    async fn batches_go_out_whole_and_in_order_through_a_full_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let entries: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("entry {i}").into_bytes())
+            .collect();
+        // A slow reader: the queue (net.unix.max_dgram_qlen) fills again and again.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while got.len() < 1000 {
+                let n = receiver.recv(&mut buf).unwrap();
+                got.push(buf[..n].to_vec());
+                if got.len() % 100 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            got
+        });
+        let mut journal = JournalSocket::new(path);
+        let slices: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+        let (mut sent, mut calls) = (0, 0);
+        while sent < slices.len() {
+            let n = journal.send_some(&slices[sent..]).await;
+            assert!((1..=MMSG_BATCH).contains(&n), "{n}");
+            sent += n;
+            calls += 1;
+        }
+        assert!(calls < 1000, "one call per entry: no batching");
+        assert_eq!(reader.join().unwrap(), entries);
+    }
+
+    /// A pacer that has seen a fill of `capacity` entries, then `wakes` single-entry refills
+    /// `1 / rate` seconds apart.
+    fn pacer_after(capacity: usize, rate: f64, wakes: u32) -> (Pacer, Instant) {
+        let mut pacer = Pacer::default();
+        let mut now = Instant::now();
+        pacer.sent(capacity);
+        pacer.full(now);
+        for _ in 0..wakes {
+            now += Duration::from_secs_f64(1.0 / rate);
+            pacer.sent(1);
+            pacer.full(now);
+        }
+        (pacer, now)
+    }
+
+    #[test]
+    fn no_pause_until_the_drain_rate_is_known() {
+        let (pacer, _) = pacer_after(512, 50_000.0, 0);
+        assert_eq!(pacer.pause(), None);
+    }
+
+    #[test]
+    fn a_large_queue_is_refilled_after_a_pause() {
+        // systemd's 512 slots drained at 50k entries/s: half of them last 5.1 ms.
+        let (pacer, _) = pacer_after(512, 50_000.0, 20);
+        assert_eq!(pacer.pause(), Some(Pacer::MAX_PAUSE));
+    }
+
+    #[test]
+    fn a_small_queue_is_refilled_at_each_wake_up() {
+        // The kernel's default of 10 slots drains in 0.2 ms: any pause would starve journald.
+        let (pacer, _) = pacer_after(10, 50_000.0, 20);
+        assert_eq!(pacer.pause(), None);
+    }
+
+    #[test]
+    fn a_run_that_nearly_emptied_the_queue_shortens_the_pause() {
+        let (mut pacer, now) = pacer_after(512, 50_000.0, 20);
+        pacer.sent(500);
+        pacer.full(now + Pacer::MAX_PAUSE);
+        // A quarter of 512 at 50k/s is 2.56 ms, less the timer's slack.
+        let pause = pacer.pause().unwrap();
+        assert!(
+            pause > Duration::from_micros(1400) && pause < Duration::from_micros(1700),
+            "{pause:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_after_idling_measures_nothing() {
+        // A fast journald: half of 512 slots drain in 1.3 ms, under the timer's resolution.
+        let (mut pacer, mut now) = pacer_after(512, 200_000.0, 20);
+        assert_eq!(pacer.pause(), None);
+        for _ in 0..20 {
+            // The sink waited for clients; then a hundred entries, then "full", a second
+            // after the last "full": that second is the clients' pace, not journald's.
+            pacer.idle();
+            pacer.sent(100);
+            now += Duration::from_secs(1);
+            pacer.full(now);
+        }
+        assert_eq!(pacer.pause(), None);
     }
 
     #[test]
