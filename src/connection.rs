@@ -81,33 +81,42 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
     };
     let mut drain_until: Option<Instant> = None;
 
+    // Everything held across an `.await` in this loop is per-connection memory for as long as
+    // the client stays connected: one timer serves both deadlines, and the futures that only
+    // run while data flows (`process`, `finish`) are boxed, so that an idle connection's task
+    // stays small.
     loop {
         conn.refresh(&mut settings_rx, &mut settings);
         let flush_after = settings.protocol.flush_after;
-        let quiet = conn.framer.has_pending() && !flush_after.is_zero();
+        // The timer runs only while we wait for the client: time spent waiting for the
+        // journal (backpressure) is not the client being quiet, so a stall never splits a line.
+        let flush_at = (conn.framer.has_pending() && !flush_after.is_zero())
+            .then(|| Instant::now() + flush_after);
+        let wake_at = match (flush_at, drain_until) {
+            (Some(flush), Some(drain)) => Some(flush.min(drain)),
+            (flush, drain) => flush.or(drain),
+        };
 
         tokio::select! {
             ready = stream.readable() => {
                 if let Err(e) = ready {
                     tracing::debug!(connection = id, "waiting for data: {e}");
-                    conn.finish(LineBreak::Eof, &settings).await;
+                    Box::pin(conn.finish(LineBreak::Eof, &settings)).await;
                     return;
                 }
-            }
-            // The timer runs only while we wait for the client: time spent waiting for the
-            // journal (backpressure) is not the client being quiet, so a stall never splits a line.
-            () = tokio::time::sleep(flush_after), if quiet => {
-                conn.finish(LineBreak::Timeout, &settings).await;
-                continue;
             }
             () = ctx.shutdown.cancelled(), if drain_until.is_none() => {
                 drain_until = Some(Instant::now() + drain_time(&settings));
                 continue;
             }
-            () = sleep_until_opt(drain_until) => {
-                conn.finish(LineBreak::Eof, &settings).await;
-                stream.notify("app: shutting down\n");
-                return;
+            () = sleep_until_opt(wake_at) => {
+                if drain_until.is_some_and(|d| Instant::now() >= d) {
+                    Box::pin(conn.finish(LineBreak::Eof, &settings)).await;
+                    stream.notify("app: shutting down\n");
+                    return;
+                }
+                Box::pin(conn.finish(LineBreak::Timeout, &settings)).await;
+                continue;
             }
         }
 
@@ -119,11 +128,17 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
             buf.clear();
             match stream.try_read_buf(&mut buf) {
                 Ok(0) => {
-                    conn.finish(LineBreak::Eof, &settings).await;
+                    Box::pin(conn.finish(LineBreak::Eof, &settings)).await;
                     return;
                 }
                 Ok(n) => {
-                    conn.process(&buf[..n], &settings).await;
+                    if n < READ_SIZE / 4 {
+                        // A short read: give the rest of the buffer back before waiting on the
+                        // journal, so that many clients held up by backpressure do not pin
+                        // 64 KiB each (glibc shrinks the block in place; nothing is copied).
+                        buf.shrink_to_fit();
+                    }
+                    Box::pin(conn.process(&buf[..n], &settings)).await;
                     if n < READ_SIZE || drain_until.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
@@ -135,7 +150,7 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                 Err(e) => {
                     // A reset or a killed client: what it sent of its last line is still logged.
                     tracing::debug!(connection = id, "reading: {e}");
-                    conn.finish(LineBreak::Eof, &settings).await;
+                    Box::pin(conn.finish(LineBreak::Eof, &settings)).await;
                     return;
                 }
             }

@@ -195,6 +195,8 @@ impl Encoder {
                 let _ = write!(client, " conn={connection}");
             }
         }
+        // Kept for the life of the connection: no spare capacity.
+        client.shrink_to_fit();
         Encoder { target, client }
     }
 

@@ -312,13 +312,20 @@ impl Accept {
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ctx = self.ctx.clone();
-        let socket_name = self.socket_name.clone();
-        self.tracker.spawn(async move {
-            let stats = ctx.stats.clone();
-            tracing::debug!("connection {id} from {peer}");
-            let who = peer.to_string();
-            let served = contain(connection::serve(stream, peer, id, socket_name, ctx)).await;
+        tracing::debug!("connection {id} from {peer}");
+        let who = peer.clone();
+        // A combinator, not an async block: an async block that awaits a future it captured
+        // stores that future twice, and this one is most of what a connection costs.
+        let serve = contain(connection::serve(
+            stream,
+            peer,
+            id,
+            self.socket_name.clone(),
+            self.ctx.clone(),
+        ));
+        let stats = self.ctx.stats.clone();
+        use futures_util::FutureExt;
+        self.tracker.spawn(serve.map(move |served| {
             stats.clients.fetch_sub(1, Ordering::AcqRel);
             stats.closed.fetch_add(1, Ordering::Relaxed);
             if let Err(panic) = served {
@@ -326,7 +333,7 @@ impl Accept {
                     "connection {id} from {who} panicked: {panic}; it was closed, other clients are unaffected"
                 );
             }
-        });
+        }));
     }
 }
 
@@ -344,17 +351,23 @@ async fn accept(listener: &Incoming) -> io::Result<Accepted> {
 
 /// Runs `fut`, turning a panic into an error message: a bug hit by one client must not take
 /// down the daemon or any other client.
-pub async fn contain<F: std::future::Future<Output = ()>>(fut: F) -> Result<(), String> {
+///
+/// A plain function rather than an `async fn`: the returned future holds `fut` once, where an
+/// `async fn` would keep the argument and the wrapped future side by side (per-connection memory).
+pub fn contain<F: std::future::Future<Output = ()>>(
+    fut: F,
+) -> impl std::future::Future<Output = Result<(), String>> {
     use futures_util::FutureExt;
     std::panic::AssertUnwindSafe(fut)
         .catch_unwind()
-        .await
-        .map_err(|payload| {
-            payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned())
+        .map(|result| {
+            result.map_err(|payload| {
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_owned())
+            })
         })
 }
 
