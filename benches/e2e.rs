@@ -669,7 +669,9 @@ fn idle(n: usize) {
     wait(Duration::from_secs(60), "the idle clients' lines", || {
         count_entries() >= n + streams
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Idle means after the burst: the daemon hands memory freed by it back to the system once
+    // traffic pauses, at most every 5 s (lifecycle::HeapTrim).
+    std::thread::sleep(Duration::from_secs(6));
     let after = (
         status_kib(app.pid(), "VmRSS"),
         status_kib(app.pid(), "RssAnon"),

@@ -117,6 +117,7 @@ impl Supervisor {
         let mut status = StatusLine::default();
         let mut refusals = Refusals::default();
         let mut idle = IdleClock::new(&self.stats);
+        let mut heap = HeapTrim::default();
         let mut watchdog_failing = false;
 
         loop {
@@ -127,6 +128,7 @@ impl Supervisor {
                     self.report_suppressed();
                     refusals.report(&self.stats, &self.settings.borrow());
                     status.update(&self.stats, &self.control.notifier);
+                    heap.tick(&self.stats, Instant::now());
                     let timeout = self.settings.borrow().service.idle_timeout;
                     if self.inherited && idle.expired(&self.stats, timeout) {
                         tracing::info!(
@@ -282,6 +284,52 @@ impl Refusals {
 }
 
 /// Measures how long the server has had no client at all.
+/// Gives the memory freed after a burst back to the system. Clients that all send at once
+/// while the journal pushes back each hold a read buffer and a batch for a moment; glibc keeps
+/// that freed memory in its arenas, so without this a daemon that once served a burst keeps
+/// its peak RSS for good, however few clients stay connected.
+#[derive(Debug, Default)]
+struct HeapTrim {
+    /// Connections opened and closed and messages logged when last looked at.
+    seen: u64,
+    /// There was activity since the last trim.
+    pending: bool,
+    last: Option<Instant>,
+}
+
+impl HeapTrim {
+    /// Trimming walks the heap: at most this often, however spiky the traffic.
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// Trims once a tick passes without activity after some.
+    fn tick(&mut self, stats: &Stats, now: Instant) -> bool {
+        let activity = stats.accepted.load(Ordering::Relaxed)
+            + stats.closed.load(Ordering::Relaxed)
+            + stats.messages.load(Ordering::Relaxed);
+        if activity != self.seen {
+            self.seen = activity;
+            self.pending = true;
+            return false;
+        }
+        if !self.pending || self.last.is_some_and(|t| now - t < HeapTrim::EVERY) {
+            return false;
+        }
+        self.pending = false;
+        self.last = Some(now);
+        release_free_heap();
+        true
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_heap() {
+    // SAFETY: malloc_trim(3) only returns free pages to the kernel; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_heap() {}
+
 struct IdleClock {
     since: Instant,
     /// Connections opened and closed when last looked at: any change is activity.
@@ -320,6 +368,23 @@ impl IdleClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heap_is_trimmed_once_a_burst_is_over_and_not_more_often_than_every_5s() {
+        let stats = Stats::default();
+        let mut heap = HeapTrim::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(!heap.tick(&stats, at(0)), "nothing happened yet");
+        stats.accepted.fetch_add(100, Ordering::Relaxed);
+        assert!(!heap.tick(&stats, at(250)), "busy");
+        assert!(heap.tick(&stats, at(500)), "a quiet tick after the burst");
+        assert!(!heap.tick(&stats, at(750)), "once per burst");
+        stats.messages.fetch_add(1, Ordering::Relaxed);
+        assert!(!heap.tick(&stats, at(1000)), "busy again");
+        assert!(!heap.tick(&stats, at(1250)), "too soon after the last trim");
+        assert!(heap.tick(&stats, at(5600)), "the burst's memory, later");
+    }
 
     #[test]
     fn watchdog_needs_every_loop_to_progress() {

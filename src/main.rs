@@ -142,7 +142,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread, like journald's own event loop. The daemon's share of the work per message
+    // is a fraction of journald's (BENCHMARKS.md), so a second worker would only compete with
+    // journald for the CPU, and add cross-thread wake-ups and memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
