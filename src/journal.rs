@@ -74,6 +74,18 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch for the entries of `input`, client text: each line becomes the text plus a
+    /// couple of hundred bytes of fields. Sized up front so that the buffers seldom grow (two
+    /// allocations per batch rather than a few dozen), without reserving a full batch for a
+    /// one-line read. Counting the newlines costs a few nanoseconds per line.
+    pub fn for_input(input: &[u8]) -> Self {
+        let entries = memchr::memchr_iter(b'\n', input).count() + 1;
+        Batch {
+            data: Vec::with_capacity((input.len() + entries * 192).min(BATCH_BYTES + 4096)),
+            ends: Vec::with_capacity(entries.min(BATCH_BYTES / 64)),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -210,7 +222,14 @@ impl Encoder {
                 out.push(b'0' + record.priority);
                 out.push(b'\n');
                 if let Some(facility) = record.facility {
-                    push_field(out, b"SYSLOG_FACILITY", facility.to_string().as_bytes());
+                    // 0..=23, written without formatting machinery: this runs per message.
+                    let digits = [b'0' + facility / 10, b'0' + facility % 10];
+                    let digits = if facility < 10 {
+                        &digits[1..]
+                    } else {
+                        &digits[..]
+                    };
+                    push_field(out, b"SYSLOG_FACILITY", digits);
                 }
                 push_field(out, b"SYSLOG_IDENTIFIER", record.tag());
                 if let Some(h) = &record.header {
