@@ -541,7 +541,7 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
         let _ = tool.wait();
     }
 
-    let last = verify(scenario);
+    let last = verify(scenario, target);
     let start_us = start.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
     let elapsed = Duration::from_micros(last.saturating_sub(start_us));
     Outcome {
@@ -563,8 +563,10 @@ fn arrived(messages: &[String]) -> usize {
 }
 
 /// Checks that every line arrived exactly once and intact; returns the last entry's
-/// `__REALTIME_TIMESTAMP` (µs).
-fn verify(scenario: &Scenario) -> u64 {
+/// `__REALTIME_TIMESTAMP` (µs). app must be exact, or the benchmark fails; a reference that is
+/// not (journald's stdout stream has been seen cutting a line in two: LINE_BREAK says why) is
+/// reported, and its figure stands.
+fn verify(scenario: &Scenario, target: Target) -> u64 {
     let out = Command::new("journalctl")
         .args([
             "-D",
@@ -572,7 +574,7 @@ fn verify(scenario: &Scenario) -> u64 {
             "-o",
             "json",
             "--all",
-            "--output-fields=MESSAGE",
+            "--output-fields=MESSAGE,LINE_BREAK",
         ])
         .output()
         .expect("running journalctl");
@@ -603,17 +605,24 @@ fn verify(scenario: &Scenario) -> u64 {
                     .expect("__REALTIME_TIMESTAMP");
                 last = last.max(ts);
             }
-            _ => mangled.push(message.chars().take(60).collect::<String>()),
+            _ => mangled.push(format!(
+                "{:?} LINE_BREAK={}",
+                message.chars().take(40).collect::<String>(),
+                entry["LINE_BREAK"].as_str().unwrap_or("-")
+            )),
         }
     }
     let missing = seen.iter().filter(|s| !**s).count();
-    assert!(
-        missing == 0 && duplicates == 0 && mangled.is_empty(),
-        "{}: {missing} lines missing, {duplicates} duplicated, {} mangled (first: {:?})",
-        scenario.name(),
-        mangled.len(),
-        mangled.first()
-    );
+    if missing + duplicates + mangled.len() > 0 {
+        let report = format!(
+            "{} {target:?}: {missing} lines missing, {duplicates} duplicated, {} mangled {:?}",
+            scenario.name(),
+            mangled.len(),
+            &mangled[..mangled.len().min(4)]
+        );
+        assert!(target != Target::App, "{report}");
+        eprintln!("NOTE (a reference, not app): {report}");
+    }
     last
 }
 
