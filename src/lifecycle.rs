@@ -283,7 +283,6 @@ impl Refusals {
     }
 }
 
-/// Measures how long the server has had no client at all.
 /// Gives the memory freed after a burst back to the system. Clients that all send at once
 /// while the journal pushes back each hold a read buffer and a batch for a moment; glibc keeps
 /// that freed memory in its arenas, so without this a daemon that once served a burst keeps
@@ -330,6 +329,7 @@ fn release_free_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_heap() {}
 
+/// Measures how long the server has had no client at all.
 struct IdleClock {
     since: Instant,
     /// Connections opened and closed when last looked at: any change is activity.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -324,7 +325,6 @@ impl Accept {
             self.ctx.clone(),
         ));
         let stats = self.ctx.stats.clone();
-        use futures_util::FutureExt;
         self.tracker.spawn(serve.map(move |served| {
             stats.clients.fetch_sub(1, Ordering::AcqRel);
             stats.closed.fetch_add(1, Ordering::Relaxed);
@@ -357,7 +357,6 @@ async fn accept(listener: &Incoming) -> io::Result<Accepted> {
 pub fn contain<F: std::future::Future<Output = ()>>(
     fut: F,
 ) -> impl std::future::Future<Output = Result<(), String>> {
-    use futures_util::FutureExt;
     std::panic::AssertUnwindSafe(fut)
         .catch_unwind()
         .map(|result| {
