@@ -83,7 +83,14 @@ fi
 c() { timeout 60 nsenter --target "$CPID" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 csh() { c sh -c "$1"; }
 
-state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running --wait 2>&1 || true)
+# `systemctl is-system-running --wait` waits for the boot to finish, but fails at once while
+# PID 1 has not yet opened its private bus: ask again until it answers.
+state=
+for _ in $(seq 150); do
+    state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running --wait 2>/dev/null || true)
+    case $state in running | degraded) break ;; esac
+    sleep 0.2
+done
 echo "container booted (pid $CPID): $state"
 
 FAILED=0

@@ -98,10 +98,19 @@ cp /tmp/app-fleet.deb "$WORK/fleet-a/merged/root/app.deb"
 # Runs a command on host A or B, as root, with a timeout.
 on() { local pid=$1; shift; timeout 60 nsenter --target "$pid" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 onsh() { on "$1" sh -c "$2"; }
-for h in "$A" "$B"; do
-    on "$h" systemctl is-system-running --wait >/dev/null 2>&1 || true
-done
-echo "hosts booted: fleet-a (pid $A, $A_IP), fleet-b (pid $B, $B_IP)"
+# `systemctl is-system-running --wait` waits for the boot to finish, but fails at once while
+# PID 1 has not yet opened its private bus: ask again until it answers.
+booted() {
+    local state=
+    for _ in $(seq 150); do
+        state=$(on "$1" systemctl is-system-running --wait 2>/dev/null || true)
+        case $state in running | degraded) echo "$state"; return 0 ;; esac
+        sleep 0.2
+    done
+    echo "not booted (${state:-no answer})"
+    return 1
+}
+echo "hosts booted: fleet-a (pid $A, $A_IP) $(booted "$A"), fleet-b (pid $B, $B_IP) $(booted "$B")"
 
 FAILED=0
 PASSED=0
