@@ -144,7 +144,11 @@ impl Options {
                     o.scenario = args.next().and_then(|n| n.parse().ok());
                     assert!(o.scenario.is_some(), "--scenario N");
                 }
-                _ => {} // cargo bench passes --bench
+                "--bench" => {} // what cargo bench passes
+                other => {
+                    eprintln!("unknown argument {other:?}: --quick, --only TARGET, --scenario N");
+                    std::process::exit(2);
+                }
             }
         }
         o
@@ -525,7 +529,8 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let per_msg = |ticks: u64| ticks as f64 * 1e6 / clk_tck() / scenario.total() as f64;
+    let ticks_per_s = clk_tck();
+    let per_msg = |ticks: u64| ticks as f64 * 1e6 / ticks_per_s / scenario.total() as f64;
     let server_us = server.as_ref().zip(server_cpu).map(|(s, before)| {
         let now = cpu_ticks(s.pid());
         (per_msg(now.0 - before.0), per_msg(now.1 - before.1))

@@ -529,23 +529,29 @@ async fn writable(socket: &UnixDatagram) -> io::Result<()> {
 /// Datagrams handed to the kernel per sendmmsg(2) call.
 const MMSG_BATCH: usize = 64;
 
-/// One sendmmsg(2): returns how many of `entries` the kernel took (at least one), or the error
-/// of the first.
+/// One sendmmsg(2) of up to [`MMSG_BATCH`] entries: returns how many of `entries` the kernel
+/// took (at least one), or the error of the first. The message headers live on the stack: this
+/// runs for every few dozen entries, and allocates nothing.
 fn send_datagrams(socket: &UnixDatagram, entries: &[&[u8]]) -> io::Result<usize> {
     use rustix::net::MMsgHdr;
-    let iovs: Vec<[io::IoSlice<'_>; 1]> = entries.iter().map(|e| [io::IoSlice::new(e)]).collect();
-    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = iovs
-        .iter()
-        .map(|_| SendAncillaryBuffer::default())
-        .collect();
-    let mut messages: Vec<MMsgHdr<'_>> = iovs
-        .iter()
-        .zip(controls.iter_mut())
-        .map(|(iov, control)| MMsgHdr::new(iov, control))
-        .collect();
+    let n = entries.len().min(MMSG_BATCH);
+    let iovs: [[io::IoSlice<'_>; 1]; MMSG_BATCH] = std::array::from_fn(|i| {
+        [io::IoSlice::new(
+            entries.get(i).copied().unwrap_or_default(),
+        )]
+    });
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MMSG_BATCH] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut controls = controls.iter_mut();
+    let mut messages: [MMsgHdr<'_>; MMSG_BATCH] = std::array::from_fn(|i| {
+        MMsgHdr::new(
+            &iovs[i],
+            controls.next().expect("one control buffer per message"),
+        )
+    });
     Ok(rustix::net::sendmmsg(
         socket,
-        &mut messages,
+        &mut messages[..n],
         SendFlags::empty(),
     )?)
 }
