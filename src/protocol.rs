@@ -49,7 +49,8 @@ pub struct Framer {
     /// The start of a line whose end has not arrived yet; never longer than `max_line`.
     pending: Vec<u8>,
     max_line: usize,
-    /// The line being read has already had a `line-max` piece cut from it.
+    /// The line being read has already had a piece cut from it (`line-max`, or a `timeout`
+    /// flush): what follows continues it, and is never read as the start of a new message.
     continuing: bool,
     /// Inside an octet-counted frame: how many of its bytes are still to come.
     frame_left: Option<usize>,
@@ -110,9 +111,11 @@ impl Framer {
         self.max_line = max_line.max(1);
     }
 
-    /// True when part of a line is buffered, waiting for its end.
+    /// True when part of a line is buffered, waiting for its end, that a timeout flush would
+    /// log. A lone `\r` held back by a timeout flush (see [`Framer::flush`]) does not count.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        let held_cr = self.pending == b"\r" && self.frame_left.is_none();
+        !self.pending.is_empty() && !held_cr
     }
 
     /// Feeds `input`, calling `emit` for each complete message. `emit` returns `false` to pause
@@ -122,7 +125,12 @@ impl Framer {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            if self.pending.len() > self.max_line && !self.header_stash {
+            // A line may hold one byte over the limit while that byte is a `\r` that could
+            // start the line's CRLF.
+            let cr_at_limit = self.frame_left.is_none()
+                && self.pending.len() == self.max_line + 1
+                && self.pending.last() == Some(&b'\r');
+            if self.pending.len() > self.max_line && !self.header_stash && !cr_at_limit {
                 // After a reload lowered the limit, or a stashed octet-counting header turned
                 // out to be text: cut what is held in pieces of the limit, as if it had come
                 // in one read.
@@ -174,10 +182,32 @@ impl Framer {
                     }
                 }
             }
+            if cr_at_limit {
+                // `max_line` bytes and a `\r`: `\n` makes it a CRLF line of exactly the limit;
+                // anything else makes the `\r` the start of the next piece.
+                let go_on = if rest[0] == b'\n' {
+                    pos += 1;
+                    let continuation = std::mem::replace(&mut self.continuing, false);
+                    let line = std::mem::take(&mut self.pending);
+                    let go_on = emit_line(&line, LineBreak::Newline, continuation, emit);
+                    self.reuse(line);
+                    go_on
+                } else {
+                    self.emit_overflow(emit)
+                };
+                if !go_on {
+                    return pos;
+                }
+                continue;
+            }
             let room = self.max_line - self.pending.len();
-            // A newline right after `room` bytes still ends a line of exactly `max_line` bytes.
+            // A newline right after `room` bytes still ends a line of exactly `max_line` bytes,
+            // and so does a CRLF.
             let window = &rest[..rest.len().min(room + 1)];
-            let go_on = if let Some(i) = memchr(b'\n', window) {
+            let cr_at_room = rest.get(room) == Some(&b'\r');
+            let newline = memchr(b'\n', window)
+                .or_else(|| (cr_at_room && rest.get(room + 1) == Some(&b'\n')).then_some(room + 1));
+            let go_on = if let Some(i) = newline {
                 pos += i + 1;
                 let continuation = std::mem::replace(&mut self.continuing, false);
                 if self.pending.is_empty() {
@@ -189,7 +219,7 @@ impl Framer {
                     self.reuse(line);
                     go_on
                 }
-            } else if rest.len() > room {
+            } else if rest.len() > room && !(cr_at_room && rest.len() == room + 1) {
                 // No newline within the limit: cut a full-size piece.
                 pos += room;
                 if self.pending.is_empty() {
@@ -208,6 +238,7 @@ impl Framer {
                     go_on
                 }
             } else {
+                // The line goes on (or, with a `\r` at the limit, `\n` may follow): wait.
                 self.pending.extend_from_slice(rest);
                 pos = input.len();
                 true
@@ -221,34 +252,44 @@ impl Framer {
 
     /// Emits the buffered partial line (if any) as a message of its own: at EOF or after the
     /// client went quiet. The buffer is freed: an idle connection holds no line memory.
+    ///
+    /// After a `Timeout` the line stays open: what the client sends next is the rest of the same
+    /// line (a continuation, never re-read for `<N>` or an octet count), up to its newline. A
+    /// `\r` at the end of a timed-out piece may be the first half of a CRLF whose `\n` has not
+    /// arrived: it is held back, dropped if `\n` follows and sent at the start of the next piece
+    /// if anything else does, so no byte is lost and no CRLF line leaves a `\r` in `MESSAGE`.
+    /// At EOF a trailing `\r` is the end of the line, and dropped.
     pub fn flush(&mut self, why: LineBreak, emit: &mut dyn FnMut(Message<'_>) -> bool) {
-        if self.pending.is_empty() {
+        let timeout = why == LineBreak::Timeout;
+        if !self.has_pending() && (timeout || self.pending.is_empty()) {
             return;
         }
         self.header_stash = false;
+        let octet_counted = self.frame_left.is_some();
+        let cr = !octet_counted && self.pending.last() == Some(&b'\r');
+        if cr {
+            self.pending.pop();
+        }
         while self.pending.len() > self.max_line {
             self.emit_overflow(emit);
         }
         let line = std::mem::take(&mut self.pending);
-        let octet_counted = self.frame_left.is_some();
-        // A frame cut by a pause goes on as a continuation; one cut by EOF is over.
-        let continuation = if octet_counted && why == LineBreak::Timeout {
+        let continuation = if timeout {
             std::mem::replace(&mut self.continuing, true)
         } else {
             self.frame_left = None;
             std::mem::replace(&mut self.continuing, false)
         };
-        let mut bytes = &line[..];
-        if why == LineBreak::Eof && !octet_counted {
-            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        }
-        if !bytes.is_empty() {
+        if !line.is_empty() {
             emit(Message {
-                bytes,
+                bytes: &line,
                 line_break: why,
                 continuation,
                 octet_counted,
             });
+        }
+        if cr && timeout {
+            self.pending.push(b'\r');
         }
     }
 
@@ -453,6 +494,122 @@ mod tests {
         let out = frame_chunks(5, &[b"abcde\nfghij", b"\n"], false);
         assert_eq!(lines(&out), [&b"abcde"[..], b"fghij"]);
         assert!(out.iter().all(|o| o.1 == LineBreak::Newline));
+    }
+
+    /// Every way of cutting `input` into reads, fed with `flush_at` timeouts after the reads
+    /// that end at those offsets; the messages as (bytes, why, continuation, octet_counted).
+    fn frame_all_ways(max: usize, input: &[u8], timeouts: &[usize]) -> Vec<Out4> {
+        let mut results = Vec::new();
+        for chunk in 1..=input.len().max(1) {
+            let mut f = Framer::new(max);
+            let mut out = Vec::new();
+            let mut emit = |m: Message<'_>| {
+                out.push((
+                    m.bytes.to_vec(),
+                    m.line_break,
+                    m.continuation,
+                    m.octet_counted,
+                ));
+                true
+            };
+            let mut start = 0;
+            let mut stops: Vec<usize> = timeouts.to_vec();
+            stops.push(input.len());
+            for stop in stops {
+                for c in input[start..stop].chunks(chunk) {
+                    let mut c = c;
+                    while !c.is_empty() {
+                        let used = f.feed(c, &mut emit);
+                        c = &c[used..];
+                    }
+                }
+                if stop < input.len() {
+                    f.flush(LineBreak::Timeout, &mut emit);
+                }
+                start = stop;
+            }
+            f.flush(LineBreak::Eof, &mut emit);
+            results.push(out);
+        }
+        results
+    }
+
+    type Out4 = Vec<(Vec<u8>, LineBreak, bool, bool)>;
+
+    #[test]
+    fn a_crlf_line_of_exactly_max_is_a_normal_line() {
+        for out in frame_all_ways(5, b"abcde\r\nfghij\r\nklmnop\r\n", &[]) {
+            assert_eq!(
+                out,
+                [
+                    (b"abcde".to_vec(), LineBreak::Newline, false, false),
+                    (b"fghij".to_vec(), LineBreak::Newline, false, false),
+                    (b"klmno".to_vec(), LineBreak::LineMax, false, false),
+                    (b"p".to_vec(), LineBreak::Newline, true, false),
+                ]
+            );
+        }
+        // A `\r` at the limit that is not followed by `\n` is text, carried into the next piece.
+        for out in frame_all_ways(5, b"abcde\rx\n", &[]) {
+            assert_eq!(
+                out,
+                [
+                    (b"abcde".to_vec(), LineBreak::LineMax, false, false),
+                    (b"\rx".to_vec(), LineBreak::Newline, true, false),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_never_leaves_a_crlf_cr_in_the_message_nor_loses_it() {
+        // The `\r` before a pause may be the first half of CRLF: it is held back, and dropped
+        // if `\n` follows, or leads the next piece if text does.
+        for out in frame_all_ways(100, b"abc\r\nxyz\rmore\n", &[4, 9]) {
+            assert_eq!(
+                out,
+                [
+                    (b"abc".to_vec(), LineBreak::Timeout, false, false),
+                    (b"xyz".to_vec(), LineBreak::Timeout, false, false),
+                    (b"\rmore".to_vec(), LineBreak::Newline, true, false),
+                ]
+            );
+        }
+        // At the limit too.
+        for out in frame_all_ways(3, b"abc\r\nd\n", &[4]) {
+            assert_eq!(
+                out,
+                [
+                    (b"abc".to_vec(), LineBreak::Timeout, false, false),
+                    (b"d".to_vec(), LineBreak::Newline, false, false),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_timeout_tail_belongs_to_the_same_line() {
+        // The tail after a pause is a continuation: never re-read as `<N>`, nor as an
+        // RFC 6587 length; the line, and its state, end at the newline.
+        for out in frame_all_ways(100, b"<3>first part 12 <5>x\n6 <1>abc", &[13]) {
+            assert_eq!(
+                out,
+                [
+                    (b"<3>first part".to_vec(), LineBreak::Timeout, false, false),
+                    (b" 12 <5>x".to_vec(), LineBreak::Newline, true, false),
+                    (b"<1>abc".to_vec(), LineBreak::Newline, false, true),
+                ]
+            );
+        }
+        for out in frame_all_ways(100, b"abc12 <5>x\n", &[3]) {
+            assert_eq!(
+                out,
+                [
+                    (b"abc".to_vec(), LineBreak::Timeout, false, false),
+                    (b"12 <5>x".to_vec(), LineBreak::Newline, true, false),
+                ]
+            );
+        }
     }
 
     #[test]
