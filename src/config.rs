@@ -312,6 +312,12 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
             format!("{identifier:?} must be non-empty text without control characters"),
         ));
     }
+    if identifier == crate::logging::DAEMON_IDENTIFIER {
+        return Err(bad(
+            "journal.identifier",
+            format!("{identifier:?} is reserved for the daemon's own diagnostics"),
+        ));
+    }
     let default_priority = match journal.default_priority {
         Some(p) => parse_priority(&p).map_err(|msg| bad("journal.default_priority", msg))?,
         None => 6,
@@ -621,6 +627,10 @@ mod tests {
                 "journal.default_priority",
             ),
             ("[journal]\nidentifier = \"\"\n", "journal.identifier"),
+            (
+                "[journal]\nidentifier = \"app-daemon\"\n",
+                "journal.identifier: \"app-daemon\" is reserved",
+            ),
             (
                 "[protocol]\nflush_after = \"soon\"\n",
                 "protocol.flush_after",

@@ -51,12 +51,16 @@ impl Stream {
     }
 }
 
-/// Per-line state that outlives one message: the priority of a line that is being cut into
-/// `line-max` pieces applies to all of them.
-#[derive(Debug, Clone, Copy)]
+/// Per-line state that outlives one message: a line cut into pieces (`line-max`, or a
+/// `timeout` pause) is one line, and its priority, facility and syslog header apply to every
+/// piece. The header is copied only when a line is actually cut; whole lines allocate nothing.
+#[derive(Debug, Clone)]
 pub struct LineState {
     priority: u8,
     facility: Option<u8>,
+    /// The first piece's syslog header, when the line had one and is being cut.
+    header: syslog::OwnedHeader,
+    has_header: bool,
 }
 
 impl LineState {
@@ -64,6 +68,8 @@ impl LineState {
         LineState {
             priority: settings.journal.default_priority,
             facility: None,
+            header: syslog::OwnedHeader::default(),
+            has_header: false,
         }
     }
 }
@@ -273,7 +279,8 @@ impl Connection<'_> {
 }
 
 /// The per-message hot path: the `<N>` prefix, a syslog header if there is one, the entry.
-/// Allocates nothing itself; `benches/framing.rs` counts.
+/// Allocates nothing itself on a whole line (`benches/framing.rs` counts); the first piece of a
+/// cut line copies its header into `line` for the pieces after it.
 pub fn encode(
     m: Message<'_>,
     line: &mut LineState,
@@ -281,28 +288,27 @@ pub fn encode(
     settings: &Settings,
     batch: &mut Batch,
 ) {
-    let mut header = None;
-    let text = if m.continuation {
-        m.bytes
+    let (text, header) = if m.continuation {
+        (m.bytes, line.has_header.then(|| line.header.get()))
     } else {
         let (prefix, text) = protocol::parse_prefix(m.bytes);
-        *line = match prefix {
-            Some(p) => LineState {
-                priority: p.priority,
-                facility: p.facility,
-            },
-            None => LineState {
-                priority: settings.journal.default_priority,
-                facility: None,
-            },
+        (line.priority, line.facility) = match prefix {
+            Some(p) => (p.priority, p.facility),
+            None => (settings.journal.default_priority, None),
         };
+        line.has_header = false;
         // Only a line that starts with a PRI can carry a syslog header (logger always sends one).
         match prefix.and_then(|_| syslog::parse(text)) {
             Some((h, message)) => {
-                header = Some(h);
-                message
+                let h = client_header(h);
+                if matches!(m.line_break, LineBreak::LineMax | LineBreak::Timeout) {
+                    // More pieces of this line follow: they keep its header.
+                    line.header.set(&h);
+                    line.has_header = true;
+                }
+                (message, Some(h))
             }
-            None => text,
+            None => (text, None),
         }
     };
     encoder.encode(
@@ -316,4 +322,143 @@ pub fn encode(
         },
         batch,
     );
+}
+
+/// A client may not take the daemon's own identifier: a tag equal to it is dropped, and the
+/// entry gets `journal.identifier` (which may not be the daemon's either; see `config`).
+fn client_header(mut h: syslog::Header<'_>) -> syslog::Header<'_> {
+    if h.identifier == Some(crate::logging::DAEMON_IDENTIFIER.as_bytes()) {
+        h.identifier = None;
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, ConfigFile, Overrides, Sources};
+    use crate::journal::{Target, parse_native};
+    use std::collections::HashMap;
+
+    fn settings(max_line: usize) -> Settings {
+        let env = HashMap::new();
+        let mut s = config::load(&Sources {
+            file: ConfigFile::Default("/nonexistent/app.toml".into()),
+            env: &env,
+            overrides: Overrides::default(),
+            euid: 0,
+        })
+        .unwrap();
+        s.limits.max_line_bytes = std::num::NonZeroUsize::new(max_line).unwrap();
+        s
+    }
+
+    /// Frames and encodes `reads` as a connection does, with a timeout flush after each read
+    /// listed in `pauses`; returns each entry's fields.
+    fn entries(
+        max_line: usize,
+        reads: &[&[u8]],
+        pauses: &[usize],
+    ) -> Vec<HashMap<String, Vec<u8>>> {
+        let settings = settings(max_line);
+        let peer = Peer::Unix {
+            pid: Some(4242),
+            uid: 1000,
+            gid: 1000,
+        };
+        let encoder = Encoder::new(Target::Journal, &peer, 1, None);
+        let mut framer = Framer::new(max_line);
+        let mut line = LineState::new(&settings);
+        let mut batch = Batch::default();
+        for (i, read) in reads.iter().enumerate() {
+            framer.feed(read, &mut |m| {
+                encode(m, &mut line, &encoder, &settings, &mut batch);
+                true
+            });
+            if pauses.contains(&i) {
+                framer.flush(LineBreak::Timeout, &mut |m| {
+                    encode(m, &mut line, &encoder, &settings, &mut batch);
+                    true
+                });
+            }
+        }
+        framer.flush(LineBreak::Eof, &mut |m| {
+            encode(m, &mut line, &encoder, &settings, &mut batch);
+            true
+        });
+        batch
+            .entries()
+            .map(|e| parse_native(e).unwrap().into_iter().collect())
+            .collect()
+    }
+
+    fn field<'a>(e: &'a HashMap<String, Vec<u8>>, k: &str) -> &'a str {
+        e.get(k).map_or("", |v| std::str::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn a_timeout_tail_keeps_the_lines_tag_and_priority() {
+        let got = entries(
+            1000,
+            &[
+                b"<3>Nov 25 21:57:27 mytag[42]: first part",
+                b" second part\n<14>x\n",
+            ],
+            &[0],
+        );
+        let summary: Vec<_> = got
+            .iter()
+            .map(|e| {
+                (
+                    field(e, "SYSLOG_IDENTIFIER"),
+                    field(e, "PRIORITY"),
+                    field(e, "SYSLOG_PID"),
+                    field(e, "MESSAGE"),
+                    field(e, "LINE_BREAK"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("mytag", "3", "42", "first part", "timeout"),
+                ("mytag", "3", "42", " second part", ""),
+                // The next line starts afresh.
+                ("app", "6", "", "x", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_take_the_daemons_identifier() {
+        let got = entries(
+            1000,
+            &[b"<13>Nov 25 21:57:27 app-daemon[7]: posing\n<13>Nov 25 21:57:27 mytag: ok\n"],
+            &[],
+        );
+        let tags: Vec<_> = got.iter().map(|e| field(e, "SYSLOG_IDENTIFIER")).collect();
+        assert_eq!(tags, ["app", "mytag"]);
+        assert_eq!(field(&got[0], "SYSLOG_PID"), "7");
+        assert_eq!(field(&got[0], "MESSAGE"), "posing");
+    }
+
+    #[test]
+    fn every_line_max_piece_keeps_the_header() {
+        let mut line = b"<13>1 2026-11-25T21:57:27Z host mytag 42 ID7 - ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 1000));
+        line.push(b'\n');
+        // One read, or a read per byte: the same.
+        for chunk in [line.len(), 1] {
+            let reads: Vec<&[u8]> = line.chunks(chunk).collect();
+            let got = entries(100, &reads, &[]);
+            assert!(got.len() > 10, "{}", got.len());
+            for e in &got {
+                assert_eq!(field(e, "SYSLOG_IDENTIFIER"), "mytag");
+                assert_eq!(field(e, "SYSLOG_PID"), "42");
+                assert_eq!(field(e, "SYSLOG_MSGID"), "ID7");
+                assert_eq!(field(e, "PRIORITY"), "5");
+                assert_eq!(field(e, "SYSLOG_FACILITY"), "1");
+            }
+        }
+    }
 }

@@ -12,6 +12,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
+/// `SYSLOG_IDENTIFIER` of the daemon's own diagnostics in the journal. No client entry carries
+/// it: a client's syslog tag equal to it is dropped (`connection::encode`), and
+/// `journal.identifier` may not be set to it; and the daemon's own entries carry no `CLIENT_*`
+/// field, which every client entry has.
+pub const DAEMON_IDENTIFIER: &str = "app-daemon";
+
 /// Changes the log filter while running (`service.log_level` on reload).
 pub struct LogHandle {
     filter: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
@@ -82,7 +88,7 @@ impl JournalForwarder {
         use tracing_journald::{Priority, PriorityMappings};
         // tracing-journald maps INFO to notice (5) by default; info belongs at 6.
         let layer = layer
-            .with_syslog_identifier("app".to_owned())
+            .with_syslog_identifier(DAEMON_IDENTIFIER.to_owned())
             .with_priority_mappings(PriorityMappings {
                 info: Priority::Informational,
                 debug: Priority::Debug,

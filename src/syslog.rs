@@ -3,7 +3,8 @@
 //! and RFC 5424 (`1 TIMESTAMP HOST APP PROCID MSGID SD text`).
 //!
 //! Parsing never loses bytes: anything that does not match a header exactly is left to be logged
-//! whole. Everything is borrowed from the line; nothing is allocated.
+//! whole. Everything is borrowed from the line; nothing is allocated — except an [`OwnedHeader`]
+//! copy for a line that is cut into pieces, whose later pieces carry the first piece's header.
 
 /// What a header says about a message. `None` fields were absent or nil (`-`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -13,6 +14,43 @@ pub struct Header<'a> {
     pub timestamp: Option<&'a [u8]>,
     pub msgid: Option<&'a [u8]>,
     pub structured_data: Option<&'a [u8]>,
+}
+
+/// A [`Header`] kept past the bytes it was parsed from: the later pieces of a line cut at
+/// `line-max` or by a `timeout` carry the header of its first piece. One buffer, reused from line
+/// to line, so a connection allocates only for the first split line (and a longer header).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedHeader {
+    buf: Vec<u8>,
+    /// identifier, pid, timestamp, msgid, structured_data: where each is in `buf`.
+    fields: [Option<(usize, usize)>; 5],
+}
+
+impl OwnedHeader {
+    /// Copies `h`.
+    pub fn set(&mut self, h: &Header<'_>) {
+        self.buf.clear();
+        let parts = [h.identifier, h.pid, h.timestamp, h.msgid, h.structured_data];
+        for (slot, part) in self.fields.iter_mut().zip(parts) {
+            *slot = part.map(|p| {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(p);
+                (start, self.buf.len())
+            });
+        }
+    }
+
+    /// The header, borrowed from this copy.
+    pub fn get(&self) -> Header<'_> {
+        let f = |i: usize| self.fields[i].map(|(a, b)| &self.buf[a..b]);
+        Header {
+            identifier: f(0),
+            pid: f(1),
+            timestamp: f(2),
+            msgid: f(3),
+            structured_data: f(4),
+        }
+    }
 }
 
 /// Splits a syslog header off `text` (what follows the PRI); `None` if there is none.
@@ -215,6 +253,19 @@ mod tests {
         );
         let (_, msg) = h(b"1 - - app - - -").unwrap();
         assert_eq!(msg, b"");
+    }
+
+    #[test]
+    fn owned_headers_give_back_what_went_in() {
+        let text = b"1 2026-11-25T21:57:27Z vm mytag 7 ID42 [a b=\"c\"] y";
+        let (hd, _) = h(text).unwrap();
+        let mut owned = OwnedHeader::default();
+        owned.set(&hd);
+        assert_eq!(owned.get(), hd);
+        let (hd, _) = h(b"Nov 25 21:57:27 root: x").unwrap();
+        owned.set(&hd);
+        assert_eq!(owned.get(), hd);
+        assert_eq!(owned.get().msgid, None);
     }
 
     #[test]

@@ -192,3 +192,63 @@ fn five_hundred_clients_interleaved_journald() {
     assert_eq!(next.len(), CLIENTS);
     assert!(next.values().all(|&(_, n)| n == LINES));
 }
+
+/// A line's state belongs to the whole line (issue 13.4): the tail after a `flush_after` pause
+/// and every `line-max` piece keep the first piece's syslog tag, pid and priority.
+#[test]
+fn pieces_of_a_line_keep_its_tag_and_priority_journald() {
+    let journald = Journald::start();
+    let id = identifier("pieces");
+    let daemon = DaemonBuilder::new()
+        .journald(&journald)
+        .identifier(&id)
+        .config("[protocol]\nflush_after = \"200ms\"\n")
+        .start();
+    let mut c = UnixStream::connect(&daemon.socket).unwrap();
+    c.write_all(b"<3>Nov 25 21:57:27 mytag[42]: first part")
+        .unwrap();
+    // Well past flush_after: the first part is logged on its own.
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    c.write_all(b" second part\n").unwrap();
+    let mut long = b"<13>Nov 25 21:57:27 bigtag[7]: ".to_vec();
+    long.extend((0..200 * 1024u32).map(|i| b'a' + (i % 26) as u8));
+    long.push(b'\n');
+    c.write_all(&long).unwrap();
+    drop(c);
+
+    let tail = journald.wait_for("mytag", 2);
+    let summary: Vec<_> = tail
+        .iter()
+        .map(|e| {
+            (
+                e.get("MESSAGE"),
+                e.get("PRIORITY"),
+                e.get("SYSLOG_PID"),
+                e.str("LINE_BREAK"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "first part".into(),
+                "3".into(),
+                "42".into(),
+                Some("timeout".into())
+            ),
+            (" second part".into(), "3".into(), "42".into(), None),
+        ]
+    );
+    let pieces = journald.wait_for("bigtag", 5);
+    assert_eq!(pieces.len(), 5, "every piece is tagged");
+    for e in &pieces {
+        assert_eq!(e.get("SYSLOG_PID"), "7");
+        assert_eq!(e.get("PRIORITY"), "5");
+        assert_eq!(e.get("SYSLOG_FACILITY"), "1");
+    }
+    assert!(
+        journald.entries(&id).is_empty(),
+        "no piece fell back to {id}"
+    );
+}
