@@ -109,19 +109,23 @@ fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // Before anything else, so that an early SIGTERM waits for its handler.
     shutdown::hold_signals();
-    // Everything that touches the environment happens here, before any thread exists.
+    // Everything that reads or changes the environment happens here, before any thread exists:
+    // the first thread is the log forwarder that `logging::init` starts (when stderr is the
+    // journal), so it comes after the last environment change (`listener::acquire`), and the
+    // runtime after that. `tests/it/logging.rs` checks the order with strace.
     let inputs = ConfigInputs::new(cli, args);
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
-    // SAFETY: single-threaded so far: no runtime, no other thread.
+    // SAFETY: single-threaded so far: no logging thread, no runtime, no other thread.
     let notifier = unsafe { Notifier::from_env() };
     // SAFETY: as above.
     let watchdog = unsafe { notify::take_watchdog() };
     let result = (|| {
         let settings = inputs.load()?;
+        // SAFETY: as above: still single-threaded, `logging::init` comes next.
+        let listeners = unsafe { listener::acquire(&settings.socket) }?;
+        // From here on threads may exist; nothing below touches the environment.
         let log = logging::init(&settings.service.log_level, journal_stream.as_deref());
         server::raise_fd_limit(settings.limits.max_connections.get());
-        // SAFETY: as above, still single-threaded.
-        let listeners = unsafe { listener::acquire(&settings.socket) }?;
         anyhow::Ok((settings, log, listeners))
     })();
     let (settings, log, listeners) = match result {
