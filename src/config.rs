@@ -285,6 +285,15 @@ fn parse_unknown_field(text: &str) -> Option<(String, String)> {
     Some((key, expected.to_owned()))
 }
 
+/// `protocol.flush_after` at most: a pause inside a line longer than this is not a pause.
+pub const MAX_FLUSH_AFTER: Duration = Duration::from_secs(3600);
+/// `limits.rate_limit_interval` at most.
+pub const MAX_RATE_LIMIT_INTERVAL: Duration = Duration::from_secs(86400);
+/// `service.idle_timeout` at most (humantime's year, 365.25 days).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(31_557_600);
+/// `service.shutdown_timeout` at most (systemd's own stop timeout bounds the stop anyway).
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(86400);
+
 fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
     let bad = |key: &str, msg: String| Error::Config(format!("{key}: {msg}"));
     let RawConfig {
@@ -323,9 +332,24 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
         None => 6,
     };
 
-    let duration = |key: &str, value: Option<String>, default: Duration| match value {
-        Some(v) => parse_duration(&v).map_err(|msg| bad(key, msg)),
-        None => Ok(default),
+    // Every duration has a maximum (issue 13.7): far beyond any sensible setting, and far below
+    // what a clock reading can have added to it, so that no use can overflow.
+    let duration = |key: &str, value: Option<String>, default: Duration, max: Duration| {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        let d = parse_duration(&v).map_err(|msg| bad(key, msg))?;
+        if d > max {
+            return Err(bad(
+                key,
+                format!(
+                    "{:?} is more than the maximum of {}",
+                    v.trim(),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(d)
     };
 
     let max_line_bytes = limits.max_line_bytes.unwrap_or(48 * 1024);
@@ -368,6 +392,7 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
                 "protocol.flush_after",
                 protocol.flush_after,
                 Duration::from_millis(500),
+                MAX_FLUSH_AFTER,
             )?,
         },
         limits: Limits {
@@ -377,15 +402,22 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
                 "limits.rate_limit_interval",
                 limits.rate_limit_interval,
                 Duration::from_secs(30),
+                MAX_RATE_LIMIT_INTERVAL,
             )?,
             rate_limit_burst: limits.rate_limit_burst.unwrap_or(10_000),
         },
         service: ServiceSettings {
-            idle_timeout: duration("service.idle_timeout", service.idle_timeout, Duration::ZERO)?,
+            idle_timeout: duration(
+                "service.idle_timeout",
+                service.idle_timeout,
+                Duration::ZERO,
+                MAX_IDLE_TIMEOUT,
+            )?,
             shutdown_timeout: duration(
                 "service.shutdown_timeout",
                 service.shutdown_timeout,
                 Duration::from_secs(5),
+                MAX_SHUTDOWN_TIMEOUT,
             )?,
             log_level,
         },
@@ -646,6 +678,44 @@ mod tests {
             let e = err(load_with(Some(file), &[], Overrides::default()));
             assert!(e.contains(needle), "{file:?}: {e}");
         }
+    }
+
+    /// Issue 13.7: a duration too large to add to a clock reading passed validation, then
+    /// panicked the daemon at use. Every duration has a maximum, named in the error.
+    #[test]
+    fn durations_are_bounded() {
+        for (file, needle) in [
+            (
+                "[service]\nshutdown_timeout = \"300000000000y\"\n",
+                "service.shutdown_timeout: \"300000000000y\" is more than the maximum of 1day",
+            ),
+            (
+                "[protocol]\nflush_after = \"2h\"\n",
+                "protocol.flush_after: \"2h\" is more than the maximum of 1h",
+            ),
+            (
+                "[service]\nidle_timeout = \"366d\"\n",
+                "service.idle_timeout: \"366d\" is more than the maximum of 1year",
+            ),
+            (
+                "[limits]\nrate_limit_interval = \"25h\"\n",
+                "limits.rate_limit_interval: \"25h\" is more than the maximum of 1day",
+            ),
+        ] {
+            let e = err(load_with(Some(file), &[], Overrides::default()));
+            assert!(e.contains(needle), "{file:?}: {e}");
+        }
+        // The maxima themselves are fine.
+        let s = load_with(
+            Some(
+                "[protocol]\nflush_after = \"1h\"\n[limits]\nrate_limit_interval = \"1d\"\n\
+                 [service]\nidle_timeout = \"365d\"\nshutdown_timeout = \"1d\"\n",
+            ),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.service.idle_timeout, Duration::from_secs(365 * 86400));
     }
 
     #[test]

@@ -154,3 +154,41 @@ fn default_file_is_etc_app_app_toml_root() {
     );
     assert!(stdout.contains("identifier = \"from-etc\""), "{stdout}");
 }
+
+/// Issue 13.7: `shutdown_timeout = "300000000000y"` passed check-config and the daemon panicked
+/// at SIGTERM (exit 101). Now check-config and serve both refuse it, naming key and maximum.
+#[test]
+fn absurd_durations_are_refused_not_a_panic() {
+    let dir = temp_dir();
+    for (text, needle) in [
+        (
+            "[service]\nshutdown_timeout = \"300000000000y\"\n",
+            "service.shutdown_timeout: \"300000000000y\" is more than the maximum of 1day",
+        ),
+        (
+            "[protocol]\nflush_after = \"300000000000y\"\n",
+            "protocol.flush_after: \"300000000000y\" is more than the maximum of 1h",
+        ),
+    ] {
+        let config = dir.path().join("app.toml");
+        std::fs::write(&config, text).unwrap();
+        let socket = dir.path().join("app.sock");
+        for args in [
+            vec!["--config", config.to_str().unwrap(), "check-config"],
+            vec![
+                "--config",
+                config.to_str().unwrap(),
+                "serve",
+                "--sink",
+                "stdout",
+                "--socket",
+                socket.to_str().unwrap(),
+            ],
+        ] {
+            let (code, _, stderr) = run_app(&args, &[], b"");
+            assert!(stderr.contains(needle), "{args:?}: {stderr}");
+            assert_ne!(code, 0, "{args:?}");
+            assert_ne!(code, 101, "{args:?}: a panic");
+        }
+    }
+}
