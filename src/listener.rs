@@ -6,7 +6,7 @@
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
@@ -176,57 +176,186 @@ impl Drop for BoundPath {
 ///
 /// A stale socket file (nothing answers a connect) is replaced; a live one is an error; anything
 /// that is not a socket is never touched.
+///
+/// Race-free (issue 12.5): the socket is bound in a fresh 0700 directory beside the target
+/// (`.NAME.XXXXXX`, same filesystem), gets its group and mode there — by name inside that
+/// directory, which nobody else can enter, so no symlink can be swapped in and no umask leaves it
+/// open meanwhile — and is then `rename`d into place, complete. Where the target is absent the
+/// rename is `RENAME_NOREPLACE`, so a file created meanwhile is never replaced.
+///
+/// A parent directory writable by other users is refused unless it is sticky and owned by root
+/// or by us (like /tmp): anyone else could replace the socket between our check and our use.
+/// systemd itself binds its sockets in directories only root can write (/run, /run/systemd) and
+/// has no such check; a root daemon run by hand with `--socket` may be pointed anywhere.
 pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
+    use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
     let path = &settings.path()?.to_owned();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => return Err(Error::SocketInUse(path.clone())),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(|e| {
-                    Error::io(format!("{}: removing stale socket", path.display()), e)
-                })?;
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!(
-                        "{}: checking whether another instance listens",
-                        path.display()
-                    ),
-                    e,
-                ));
-            }
-        },
-        Ok(_) => return Err(Error::NotASocket(path.clone())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("{}", path.display()), e)),
-    }
-
-    let listener = UnixListener::bind(path)
-        .map_err(|e| Error::io(format!("{}: cannot bind", path.display()), e))?;
-    let meta =
-        std::fs::symlink_metadata(path).map_err(|e| Error::io(format!("{}", path.display()), e))?;
-    // From here on, an error drops `bound`, which removes the half-set-up socket.
-    let bound = BoundPath {
-        path: path.clone(),
-        dev: meta.dev(),
-        ino: meta.ino(),
+    let at = |what: &str, e: io::Error| Error::io(format!("{}: {what}", path.display()), e);
+    let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
+        return Err(Error::Config(format!(
+            "socket.path: {} names no file",
+            path.display()
+        )));
     };
+    let parent = if parent.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        parent
+    };
+    let parent_fd = rustix::fs::open(
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at("opening its directory", e.into()))?;
+    check_parent(&parent_fd, parent)?;
+
+    let replace_stale = match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket =>
+        {
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(Error::SocketInUse(path.clone())),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => true,
+                Err(e) => return Err(at("checking whether another instance listens", e)),
+            }
+        }
+        Ok(_) => return Err(Error::NotASocket(path.clone())),
+        Err(rustix::io::Errno::NOENT) => false,
+        Err(e) => return Err(at("", e.into())),
+    };
+
+    // The private directory: mkdir never follows a symlink, and fails if the name exists.
+    let mut tmp_name = None;
+    for attempt in 0..100u32 {
+        let candidate = format!(
+            ".{}.{:06x}",
+            name.to_string_lossy(),
+            (std::process::id() ^ attempt.wrapping_mul(0x9e37_79b9) ^ nanos()) & 0xff_ffff
+        );
+        match rustix::fs::mkdirat(&parent_fd, candidate.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => {
+                tmp_name = Some(candidate);
+                break;
+            }
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(at("creating a temporary directory beside it", e.into())),
+        }
+    }
+    let tmp_name = tmp_name.ok_or_else(|| {
+        at(
+            "creating a temporary directory beside it",
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        )
+    })?;
+    let tmp = TempDir {
+        parent: &parent_fd,
+        name: &tmp_name,
+        entry: name,
+    };
+    let tmp_fd = rustix::fs::openat(
+        &parent_fd,
+        tmp_name.as_str(),
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at("opening the temporary directory", e.into()))?;
+    let listener =
+        UnixListener::bind(parent.join(&tmp_name).join(name)).map_err(|e| at("cannot bind", e))?;
     if let Some(group) = &settings.group {
         let gid = lookup_group(group)?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(|e| Error::io(format!("{}: cannot set group {group}", path.display()), e))?;
+        rustix::fs::chownat(
+            &tmp_fd,
+            name,
+            None,
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| at(&format!("cannot set group {group}"), e.into()))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.mode))
-        .map_err(|e| Error::io(format!("{}: cannot set mode", path.display()), e))?;
-
+    rustix::fs::chmodat(
+        &tmp_fd,
+        name,
+        Mode::from_raw_mode(settings.mode),
+        AtFlags::empty(),
+    )
+    .map_err(|e| at("cannot set mode", e.into()))?;
+    let st = rustix::fs::statat(&tmp_fd, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| at("", e.into()))?;
+    let flags = if replace_stale {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::NOREPLACE
+    };
+    rustix::fs::renameat_with(&tmp_fd, name, &parent_fd, name, flags).map_err(|e| {
+        if e == rustix::io::Errno::EXIST {
+            Error::NotASocket(path.clone())
+        } else {
+            at("moving the socket into place", e.into())
+        }
+    })?;
+    drop(tmp);
     Ok(Listeners {
         sockets: vec![Listener {
             socket: Socket::Unix(listener),
             name: path.display().to_string(),
             origin: path.display().to_string(),
         }],
-        bound: Some(bound),
+        bound: Some(BoundPath {
+            path: path.clone(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }),
     })
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// The private directory `bind` works in: removed (with the socket, if still inside) on drop.
+struct TempDir<'a> {
+    parent: &'a OwnedFd,
+    name: &'a str,
+    entry: &'a std::ffi::OsStr,
+}
+
+impl Drop for TempDir<'_> {
+    fn drop(&mut self) {
+        use rustix::fs::{AtFlags, OFlags};
+        if let Ok(fd) = rustix::fs::openat(
+            self.parent,
+            self.name,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            let _ = rustix::fs::unlinkat(&fd, self.entry, AtFlags::empty());
+        }
+        let _ = rustix::fs::unlinkat(self.parent, self.name, AtFlags::REMOVEDIR);
+    }
+}
+
+/// Refuses a directory other users may write to, unless it is sticky and owned by root or us.
+fn check_parent(fd: &OwnedFd, dir: &std::path::Path) -> Result<(), Error> {
+    let st =
+        rustix::fs::fstat(fd).map_err(|e| Error::io(format!("{}", dir.display()), e.into()))?;
+    let mode = st.st_mode;
+    let egid = rustix::process::getegid().as_raw();
+    let euid = rustix::process::geteuid().as_raw();
+    let others_write = mode & 0o002 != 0 || (mode & 0o020 != 0 && st.st_gid != egid);
+    let sticky_and_trusted = mode & 0o1000 != 0 && (st.st_uid == 0 || st.st_uid == euid);
+    if others_write && !sticky_and_trusted {
+        return Err(Error::Config(format!(
+            "socket.path: {} is writable by other users (mode {:04o}) and not sticky: another \
+             user could replace the socket; use a directory only root (or the daemon's user) \
+             can write, such as /run",
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 fn lookup_group(name: &str) -> Result<u32, Error> {
@@ -285,6 +414,7 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixDatagram;
     use std::path::Path;
 
@@ -368,5 +498,82 @@ mod tests {
         let err = bind(&settings(&path)).unwrap_err();
         assert!(matches!(err, Error::NotASocket(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    }
+
+    /// Issue 12.5: `bind`, then `chown`/`chmod` by path, followed a symlink an attacker swapped
+    /// in between. An attacker thread replaces the socket with a symlink to a root-only file the
+    /// moment it appears; the file must never change, in 1,000 tries.
+    #[test]
+    fn a_symlink_swapped_in_never_changes_its_target() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root only").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("app.sock");
+        let mut s = settings(&path);
+        s.mode = 0o666;
+        s.group = Some("65534".to_owned());
+        let mut swapped = 0;
+        for i in 0..1000 {
+            let stop = Arc::new(AtomicBool::new(false));
+            let attacker = {
+                let (path, secret, stop) = (path.clone(), secret.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if std::fs::symlink_metadata(&path).is_ok() {
+                            let _ = std::fs::remove_file(&path);
+                            return std::os::unix::fs::symlink(&secret, &path).is_ok();
+                        }
+                        std::hint::spin_loop();
+                    }
+                    false
+                })
+            };
+            let bound = bind(&s);
+            stop.store(true, Ordering::Relaxed);
+            swapped += usize::from(attacker.join().unwrap());
+            let meta = std::fs::metadata(&secret).unwrap();
+            assert_eq!(
+                (meta.permissions().mode() & 0o7777, meta.gid()),
+                (0o600, 0),
+                "try {i}: the symlink's target was changed ({bound:?})"
+            );
+            drop(bound);
+            let _ = std::fs::remove_file(&path);
+        }
+        assert!(swapped > 0, "the attacker never got to swap");
+    }
+
+    #[test]
+    fn a_world_writable_parent_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("app.sock");
+        let err = bind(&settings(&path)).unwrap_err();
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        assert!(!path.exists());
+        // Sticky and ours (root's, in this test): like /tmp, allowed.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let bound = bind(&settings(&path)).unwrap();
+        UnixStream::connect(&path).expect("the socket answers");
+        drop(bound);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn under_umask_000_the_socket_is_never_reachable_before_its_mode_is_set() {
+        // The socket is bound inside a private 0700 directory and appears at its path only
+        // with its final mode: nothing is left behind in the parent.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let bound = bind(&settings(&path)).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["app.sock"], "the temporary directory is gone");
+        drop(bound);
     }
 }
