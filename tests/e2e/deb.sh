@@ -257,9 +257,16 @@ step7b() {
     [ "$(c systemctl is-active app.socket || true)" = inactive ] || return 1
     [ "$(c systemctl is-active app.service || true)" = inactive ] || return 1
     c apt-get purge -y app >/dev/null 2>&1 || return 1
-    ! c test -e /etc/app
+    ! c test -e /etc/app || return 1
+    # Purge removes only the package's own files: an administrator's file stays.
+    c dpkg -i /root/app-e2e-v2.deb >/dev/null 2>    c apt-get install -y /root/app.deb >/dev/null 2>&1 || return 11 || return 1
+    c sh -c 'echo mine > /etc/app/local.notes' || return 1
+    c apt-get purge -y app >/dev/null 2>&1 || return 1
+    c test -e /etc/app/local.notes || return 1
+    ! c test -e /etc/app/app.toml || return 1
+    c rm -rf /etc/app
 }
-check "7b. apt remove stops both units; apt purge leaves no /etc/app" step7b
+check "7b. apt remove stops both units; apt purge removes only the package's own files" step7b
 
 if [ "$FAILED" != 0 ]; then
     echo "== diagnostics"
