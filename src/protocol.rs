@@ -612,6 +612,41 @@ mod tests {
         }
     }
 
+    /// The fuzz target's line-state invariants, exhaustively over short inputs: with a timeout
+    /// after every read, each line's bytes (less its CRLF/LF) come out exactly, in pieces whose
+    /// first alone is not a continuation.
+    #[test]
+    fn timeouts_keep_every_byte_and_the_line_together() {
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for code in 0..3usize.pow(len) {
+                let input: Vec<u8> = (0..len)
+                    .map(|i| alphabet[code / 3usize.pow(i) % 3])
+                    .collect();
+                for max in 1..=3 {
+                    for step in 1..=2 {
+                        let timeouts: Vec<usize> = (step..input.len()).step_by(step).collect();
+                        for out in &frame_all_ways(max, &input, &timeouts) {
+                            let lines: Vec<&[u8]> = input
+                                .split(|&b| b == b'\n')
+                                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                                .filter(|l| !l.is_empty())
+                                .collect();
+                            let ctx = format!("{input:?} max {max} step {step}: {out:?}");
+                            assert_eq!(out.iter().filter(|m| !m.2).count(), lines.len(), "{ctx}");
+                            let got: Vec<u8> = out.iter().flat_map(|m| m.0.clone()).collect();
+                            assert_eq!(got, lines.concat(), "{ctx}");
+                            assert!(
+                                out.iter().all(|m| !m.0.is_empty() && m.0.len() <= max),
+                                "{ctx}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn pending_memory_is_bounded() {
         let mut f = Framer::new(64);
