@@ -207,7 +207,7 @@ pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| at("opening its directory", e.into()))?;
+    .map_err(|e| at("cannot bind", e.into()))?;
     check_parent(&parent_fd, parent)?;
 
     let replace_stale = match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
