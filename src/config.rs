@@ -24,6 +24,13 @@ pub const DEFAULT_ROOT_SOCKET: &str = "/run/app.sock";
 /// bounds per-connection memory.
 const MAX_LINE_BYTES_CEILING: usize = 64 << 20;
 
+/// Default `limits.max_buffered_bytes`.
+const DEFAULT_MAX_BUFFERED_BYTES: u64 = 64 << 20;
+
+/// Smallest `limits.max_buffered_bytes`: what one connection reserves to read (see
+/// `connection::TURN_BYTES`), so that one client at a time can always make progress.
+const MIN_BUFFERED_BYTES: u64 = 1 << 20;
+
 /// The file as written. Every field is optional: a missing one takes its default.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,8 +69,18 @@ struct RawProtocol {
 struct RawLimits {
     max_line_bytes: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    max_buffered_bytes: Option<RawSize>,
     rate_limit_interval: Option<String>,
     rate_limit_burst: Option<u64>,
+}
+
+/// A size: a number of bytes, or text such as `"64MiB"` (environment values are always text).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +142,11 @@ pub struct ProtocolSettings {
 pub struct Limits {
     pub max_line_bytes: NonZeroUsize,
     pub max_connections: NonZeroUsize,
+    /// Connections at once per client uid (per address for TCP); uid 0 is exempt.
+    pub max_connections_per_uid: NonZeroUsize,
+    /// Bytes read from clients and not yet taken by the sink, all connections together.
+    #[serde(serialize_with = "ser_size")]
+    pub max_buffered_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub rate_limit_interval: Duration,
     pub rate_limit_burst: u64,
@@ -137,6 +159,10 @@ pub struct ServiceSettings {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub log_level: String,
+}
+
+fn ser_size<S: serde::Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_size(*bytes))
 }
 
 fn ser_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -361,6 +387,35 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
     }
     let max_connections = NonZeroUsize::new(limits.max_connections.unwrap_or(4096))
         .ok_or_else(|| bad("limits.max_connections", "must be at least 1".to_owned()))?;
+    // A quarter by default: one uid cannot take every slot, and four busy ones still fit.
+    let max_connections_per_uid = NonZeroUsize::new(
+        limits
+            .max_connections_per_uid
+            .unwrap_or((max_connections.get() / 4).max(1)),
+    )
+    .ok_or_else(|| {
+        bad(
+            "limits.max_connections_per_uid",
+            "must be at least 1".to_owned(),
+        )
+    })?;
+    let max_buffered_bytes = match limits.max_buffered_bytes {
+        None => DEFAULT_MAX_BUFFERED_BYTES,
+        Some(RawSize::Bytes(n)) => n,
+        Some(RawSize::Text(t)) => {
+            parse_size(&t).map_err(|msg| bad("limits.max_buffered_bytes", msg))?
+        }
+    };
+    if max_buffered_bytes < MIN_BUFFERED_BYTES {
+        return Err(bad(
+            "limits.max_buffered_bytes",
+            format!(
+                "{} is below the minimum of {} (one client's read and batch)",
+                format_size(max_buffered_bytes),
+                format_size(MIN_BUFFERED_BYTES)
+            ),
+        ));
+    }
 
     let log_level = sources
         .overrides
@@ -398,6 +453,8 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
         limits: Limits {
             max_line_bytes: NonZeroUsize::new(max_line_bytes).expect("checked above"),
             max_connections,
+            max_connections_per_uid,
+            max_buffered_bytes,
             rate_limit_interval: duration(
                 "limits.rate_limit_interval",
                 limits.rate_limit_interval,
@@ -497,6 +554,44 @@ pub fn parse_priority(s: &str) -> Result<u8, String> {
         })
 }
 
+/// Binary size suffixes, as systemd's `MemoryMax=` reads them: `K` and `KiB` are both 1024.
+const SIZE_UNITS: [(&[&str], u64); 4] = [
+    (&["", "B"], 1),
+    (&["K", "KiB"], 1 << 10),
+    (&["M", "MiB"], 1 << 20),
+    (&["G", "GiB"], 1 << 30),
+];
+
+/// A size in bytes: `67108864`, `"64MiB"`, `"64M"`, `"512KiB"`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, suffix) = t.split_at(digits);
+    let scale = SIZE_UNITS
+        .iter()
+        .find(|(names, _)| names.contains(&suffix.trim()))
+        .map(|&(_, scale)| scale);
+    match (number.parse::<u64>(), scale) {
+        (Ok(n), Some(scale)) => n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("{s:?} is too large")),
+        _ => Err(format!(
+            "{s:?} is not a size such as \"64MiB\", \"512KiB\" or a number of bytes"
+        )),
+    }
+}
+
+/// The shortest exact spelling of a size: `"64MiB"`, `"1500B"`.
+fn format_size(bytes: u64) -> String {
+    for (names, scale) in SIZE_UNITS.iter().rev() {
+        if bytes != 0 && bytes.is_multiple_of(*scale) {
+            let suffix = names.last().expect("every unit has a name");
+            return format!("{}{suffix}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
@@ -548,6 +643,8 @@ mod tests {
         assert_eq!(s.protocol.flush_after, Duration::from_millis(500));
         assert_eq!(s.limits.max_line_bytes.get(), 49152);
         assert_eq!(s.limits.max_connections.get(), 4096);
+        assert_eq!(s.limits.max_connections_per_uid.get(), 1024);
+        assert_eq!(s.limits.max_buffered_bytes, 64 << 20);
         assert_eq!(s.limits.rate_limit_interval, Duration::from_secs(30));
         assert_eq!(s.limits.rate_limit_burst, 10_000);
         assert_eq!(s.service.idle_timeout, Duration::ZERO);
@@ -741,6 +838,73 @@ mod tests {
     }
 
     #[test]
+    fn per_uid_connections_default_to_a_quarter() {
+        let s = load_with(
+            Some("[limits]\nmax_connections = 10\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_connections_per_uid.get(), 2);
+        let s = load_with(
+            Some("[limits]\nmax_connections = 3\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_connections_per_uid.get(), 1, "never 0");
+        let e = err(load_with(
+            Some("[limits]\nmax_connections_per_uid = 0\n"),
+            &[],
+            Overrides::default(),
+        ));
+        assert!(e.contains("limits.max_connections_per_uid"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("1000B"), Ok(1000));
+        assert!(parse_size("64MB").is_err(), "no decimal units: say MiB");
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1500), "1500B");
+        assert_eq!(format_size(3 << 10), "3KiB");
+        for (file, env, want) in [
+            ("max_buffered_bytes = 2097152", None, 2 << 20),
+            ("max_buffered_bytes = \"16MiB\"", None, 16 << 20),
+            ("", Some("8MiB"), 8 << 20),
+            ("", Some("4194304"), 4 << 20),
+        ] {
+            let env: Vec<(&str, &str)> = env
+                .map(|v| ("APP_LIMITS__MAX_BUFFERED_BYTES", v))
+                .into_iter()
+                .collect();
+            let s = load_with(
+                Some(&format!("[limits]\n{file}\n")),
+                &env,
+                Overrides::default(),
+            )
+            .unwrap();
+            assert_eq!(s.limits.max_buffered_bytes, want, "{file} {env:?}");
+        }
+        let e = err(load_with(
+            Some("[limits]\nmax_buffered_bytes = \"1KiB\"\n"),
+            &[],
+            Overrides::default(),
+        ));
+        assert!(
+            e.contains("limits.max_buffered_bytes: 1KiB is below the minimum of 1MiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
@@ -845,6 +1009,6 @@ mod shipped_file {
         let defaults = load_from(ConfigFile::Default(dir.path().join("absent.toml")));
         assert_eq!(from_file, defaults);
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
-        assert_eq!(keys, 13, "every key but socket.group, once:\n{uncommented}");
+        assert_eq!(keys, 15, "every key but socket.group, once:\n{uncommented}");
     }
 }

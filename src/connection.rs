@@ -9,15 +9,19 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::Settings;
-use crate::journal::{Batch, Encoder, Peer, Record};
+use crate::journal::{self, Batch, Encoder, Peer, Record};
 use crate::protocol::{self, Framer, LineBreak, Message};
-use crate::ratelimit::Key;
+use crate::ratelimit::{Admission, Key};
 use crate::server::Context;
 use crate::syslog;
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.
 const READ_SIZE: usize = 64 * 1024;
+
+/// What a connection reserves of `limits.max_buffered_bytes` to read: its read buffer and the
+/// batch it encodes, which may overshoot `BATCH_BYTES` by one entry.
+pub const TURN_BYTES: usize = READ_SIZE + journal::BATCH_BYTES + 64 * 1024;
 
 /// A client's stream socket, Unix or TCP.
 #[derive(Debug)]
@@ -85,32 +89,34 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         encoder,
         ctx: &ctx,
         stream: &stream,
-        key: match &peer {
-            Peer::Unix { uid, .. } => Key::Uid(*uid),
-            Peer::Tcp(addr) => Key::Addr(addr.ip()),
-        },
+        key: Key::of(&peer),
         told: None,
     };
     let mut drain_until: Option<Instant> = None;
 
     // Everything held across an `.await` in this loop is per-connection memory for as long as
-    // the client stays connected: one timer serves both deadlines, and the futures that only
+    // the client stays connected: one timer serves every deadline, and the futures that only
     // run while data flows (`process`, `finish`) are boxed, so that an idle connection's task
     // stays small.
     loop {
         conn.refresh(&mut settings_rx, &mut settings);
+        // A client that has spent its rate-limit budget is not read until its window ends:
+        // its writes block in the kernel, which is the backpressure it asked for.
+        let paused_until = conn.paused_until(&settings);
         let flush_after = settings.protocol.flush_after;
         // The timer runs only while we wait for the client: time spent waiting for the
-        // journal (backpressure) is not the client being quiet, so a stall never splits a line.
-        let flush_at = (conn.framer.has_pending() && !flush_after.is_zero())
-            .then(|| Instant::now() + flush_after);
-        let wake_at = match (flush_at, drain_until) {
-            (Some(flush), Some(drain)) => Some(flush.min(drain)),
-            (flush, drain) => flush.or(drain),
-        };
+        // journal (backpressure) or for the rate-limit window is not the client being quiet,
+        // so neither splits a line.
+        let flush_at =
+            (paused_until.is_none() && conn.framer.has_pending() && !flush_after.is_zero())
+                .then(|| Instant::now() + flush_after);
+        let wake_at = [flush_at, drain_until, paused_until]
+            .into_iter()
+            .flatten()
+            .min();
 
         tokio::select! {
-            ready = stream.readable() => {
+            ready = stream.readable(), if paused_until.is_none() => {
                 if let Err(e) = ready {
                     tracing::debug!(connection = id, "waiting for data: {e}");
                     Box::pin(conn.finish(LineBreak::Eof, &settings)).await;
@@ -127,11 +133,28 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                     stream.notify("app: shutting down\n");
                     return;
                 }
-                Box::pin(conn.finish(LineBreak::Timeout, &settings)).await;
+                if flush_at.is_some_and(|f| Instant::now() >= f) {
+                    Box::pin(conn.finish(LineBreak::Timeout, &settings)).await;
+                }
                 continue;
             }
         }
 
+        // Memory: read only with a share of limits.max_buffered_bytes in hand; without one, the
+        // data stays in the kernel and this connection holds no buffer while it waits.
+        let reserve = ctx
+            .budget
+            .reserve(TURN_BYTES, settings.limits.max_buffered_bytes);
+        let turn = match drain_until {
+            None => tokio::select! {
+                turn = reserve => Some(turn),
+                () = ctx.shutdown.cancelled() => None,
+            },
+            Some(deadline) => tokio::time::timeout_at(deadline, reserve).await.ok(),
+        };
+        let Some(_turn) = turn else {
+            continue;
+        };
         // A reload while we waited applies to what we are about to read.
         conn.refresh(&mut settings_rx, &mut settings);
         // Read until the socket is empty, allocating the buffer only now that data flows.
@@ -151,10 +174,17 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                         buf.shrink_to_fit();
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;
+                    // No connection may hold the runtime: a client that keeps its socket full
+                    // would otherwise be read for as long as it writes, while the sink takes
+                    // every batch at once (or the rate limit takes none).
+                    tokio::task::consume_budget().await;
                     if n < READ_SIZE || drain_until.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
                     if drain_until.is_none() && ctx.shutdown.is_cancelled() {
+                        break;
+                    }
+                    if conn.paused_until(&settings).is_some() {
                         break;
                     }
                 }
@@ -205,10 +235,44 @@ impl Connection<'_> {
         }
     }
 
-    /// Frames `input` and hands the entries to the sink, one bounded batch at a time.
+    /// The end of the rate-limit window, when this client has spent its budget in it.
+    fn paused_until(&mut self, settings: &Settings) -> Option<Instant> {
+        let limits = &settings.limits;
+        let paused = self.ctx.limiter.paused_until(
+            self.key,
+            limits.rate_limit_burst,
+            limits.rate_limit_interval,
+            Instant::now(),
+        )?;
+        self.tell(paused, settings);
+        Some(paused.window + limits.rate_limit_interval)
+    }
+
+    /// Tells the client, once per window, that it reached the rate limit.
+    fn tell(&mut self, admission: Admission, settings: &Settings) {
+        if self.told != Some(admission.window) {
+            self.told = Some(admission.window);
+            self.stream.notify(&format!(
+                "app: rate limit reached ({} messages per {}): dropping messages\n",
+                settings.limits.rate_limit_burst,
+                humantime::format_duration(settings.limits.rate_limit_interval)
+            ));
+        }
+    }
+
+    /// Frames `input` and hands the entries to the sink, one bounded batch at a time. The rate
+    /// limit is applied before encoding: what is over it is framed (to keep the line
+    /// boundaries), counted and dropped, never encoded.
     async fn process(&mut self, mut input: &[u8], settings: &Settings) {
         while !input.is_empty() {
-            let mut batch = Batch::for_input(input);
+            // One message per newline, usually; pieces of long lines ask for more as they come.
+            let lines = memchr::memchr_iter(b'\n', input).count() as u64 + 1;
+            let mut allowance = Allowance::new(self.ctx, self.key, lines, settings);
+            let mut batch = if allowance.left > 0 {
+                Batch::for_input(input)
+            } else {
+                Batch::default()
+            };
             let used = {
                 let Connection {
                     framer,
@@ -217,17 +281,25 @@ impl Connection<'_> {
                     ..
                 } = self;
                 framer.feed(input, &mut |m| {
+                    if !allowance.take() {
+                        return true;
+                    }
                     encode(m, line, encoder, settings, &mut batch);
                     !batch.is_full()
                 })
             };
             input = &input[used..];
-            self.send(batch, settings).await;
+            self.settle(allowance, settings);
+            self.send(batch).await;
         }
     }
 
     /// Logs the partial line held back, if any (at EOF, timeout or shutdown).
     async fn finish(&mut self, why: LineBreak, settings: &Settings) {
+        if !self.framer.has_pending() {
+            return;
+        }
+        let mut allowance = Allowance::new(self.ctx, self.key, 1, settings);
         let mut batch = Batch::default();
         let Connection {
             framer,
@@ -236,45 +308,90 @@ impl Connection<'_> {
             ..
         } = self;
         framer.flush(why, &mut |m| {
-            encode(m, line, encoder, settings, &mut batch);
+            if allowance.take() {
+                encode(m, line, encoder, settings, &mut batch);
+            }
             true
         });
-        self.send(batch, settings).await;
+        self.settle(allowance, settings);
+        self.send(batch).await;
     }
 
-    /// Applies the rate limit, then hands the batch to the sink.
-    async fn send(&mut self, mut batch: Batch, settings: &Settings) {
-        let n = batch.len() as u64;
-        if n == 0 {
+    /// Gives back what a read did not use and counts what it dropped.
+    fn settle(&mut self, allowance: Allowance<'_>, settings: &Settings) {
+        let Allowance {
+            ctx,
+            key,
+            admission,
+            left,
+            dropped,
+            ..
+        } = allowance;
+        ctx.limiter.settle(key, admission, left, dropped);
+        if dropped > 0 {
+            ctx.stats.suppressed.fetch_add(dropped, Ordering::Relaxed);
+            self.tell(admission, settings);
+        }
+    }
+
+    /// Hands the batch to the sink, waiting while its queue is full.
+    async fn send(&mut self, batch: Batch) {
+        let logged = batch.len() as u64;
+        if logged == 0 {
             return;
         }
-        let limits = &settings.limits;
-        let admission = self.ctx.limiter.admit(
-            self.key,
-            n,
-            limits.rate_limit_burst,
-            limits.rate_limit_interval,
-            Instant::now(),
-        );
-        if admission.allowed < n {
-            batch.truncate(admission.allowed as usize);
-            let dropped = n - admission.allowed;
-            self.ctx
-                .stats
-                .suppressed
-                .fetch_add(dropped, Ordering::Relaxed);
-            if self.told != Some(admission.window) {
-                self.told = Some(admission.window);
-                self.stream.notify(&format!(
-                    "app: rate limit reached ({} messages per {}): dropping messages\n",
-                    limits.rate_limit_burst,
-                    humantime::format_duration(limits.rate_limit_interval)
-                ));
-            }
-        }
-        let logged = batch.len() as u64;
         self.ctx.sink.send(batch).await;
         self.ctx.stats.messages.fetch_add(logged, Ordering::Relaxed);
+    }
+}
+
+/// The part of a client's rate-limit budget reserved for one read, taken message by message.
+struct Allowance<'a> {
+    ctx: &'a Context,
+    key: Key,
+    burst: u64,
+    interval: Duration,
+    admission: Admission,
+    /// Reserved and not yet used.
+    left: u64,
+    /// Messages over the limit.
+    dropped: u64,
+}
+
+impl<'a> Allowance<'a> {
+    fn new(ctx: &'a Context, key: Key, n: u64, settings: &Settings) -> Self {
+        let (burst, interval) = (
+            settings.limits.rate_limit_burst,
+            settings.limits.rate_limit_interval,
+        );
+        let admission = ctx.limiter.admit(key, n, burst, interval, Instant::now());
+        Allowance {
+            ctx,
+            key,
+            burst,
+            interval,
+            admission,
+            left: admission.allowed,
+            dropped: 0,
+        }
+    }
+
+    /// True if one more message may be logged; counts it as dropped otherwise.
+    fn take(&mut self) -> bool {
+        if self.left == 0 && self.dropped == 0 {
+            // More messages than the estimate (pieces of a long line): ask for one more.
+            let more =
+                self.ctx
+                    .limiter
+                    .admit(self.key, 1, self.burst, self.interval, Instant::now());
+            self.left = more.allowed;
+        }
+        if self.left == 0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.left -= 1;
+        true
     }
 }
 

@@ -4,6 +4,7 @@
 //! journal entry that records who sent it. `main.rs` is a thin shell around this library:
 //! [`listener`] gets the sockets, [`config`] the settings, and [`server::run`] does the rest.
 
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod connection;

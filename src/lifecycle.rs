@@ -268,14 +268,16 @@ impl Refusals {
         let due = self.at.is_none_or(|t| t.elapsed() >= REFUSALS_EVERY);
         if refused > self.reported && due {
             tracing::warn!(
-                "refused {} connection{}: too many connections (limits.max_connections = {})",
+                "refused {} connection{}: too many connections (limits.max_connections = {}, \
+                 limits.max_connections_per_uid = {})",
                 refused - self.reported,
                 if refused - self.reported == 1 {
                     ""
                 } else {
                     "s"
                 },
-                settings.limits.max_connections
+                settings.limits.max_connections,
+                settings.limits.max_connections_per_uid
             );
             self.reported = refused;
             self.at = Some(Instant::now());

@@ -1,8 +1,9 @@
 //! The accept loops: one per listener, a bounded number of connection tasks, orderly shutdown.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -10,13 +11,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::Budget;
 use crate::config::Settings;
 use crate::connection::{self, Stream};
 use crate::error::Error;
 use crate::journal::{self, Peer, SinkHandle, Target};
 use crate::lifecycle::{Control, Heartbeat, Supervisor, Watchdog};
 use crate::listener::{Listeners, Socket};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Key, RateLimiter};
 
 /// Live figures, for `STATUS=` and the logs.
 #[derive(Debug, Default)]
@@ -29,11 +31,50 @@ pub struct Stats {
     pub closed: AtomicU64,
     pub messages: AtomicU64,
     pub suppressed: AtomicU64,
-    /// Connections refused by `limits.max_connections`.
+    /// Connections refused by `limits.max_connections` or `limits.max_connections_per_uid`.
     pub refused: AtomicU64,
+    /// Clients connected now, per uid (per address for TCP), for `max_connections_per_uid`.
+    per_client: Mutex<HashMap<Key, usize>>,
 }
 
 impl Stats {
+    /// Counts a new client against `limits.max_connections` and, unless it is root,
+    /// `limits.max_connections_per_uid`; says why if it must be refused. Both follow the
+    /// settings live: a lowered limit refuses newcomers and closes no one.
+    ///
+    /// uid 0 is exempt from the per-uid limit: it is the system's own services (most run as
+    /// root), which a shared cap would pit against each other, and root could stop the daemon
+    /// anyway; it still counts towards `max_connections`.
+    fn join(&self, key: Key, max: usize, per_client: usize) -> Option<String> {
+        let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = counts.get(&key).copied().unwrap_or(0);
+        if mine >= per_client && key != Key::Uid(0) {
+            return Some(format!("too many connections from {key}"));
+        }
+        if self
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Some("too many connections".to_owned());
+        }
+        *counts.entry(key).or_insert(0) += 1;
+        None
+    }
+
+    fn leave(&self, key: Key) {
+        let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// `2 clients, 1042 messages, 0 suppressed`: what `systemctl status` shows.
     pub fn summary(&self) -> String {
         let clients = self.clients.load(Ordering::Relaxed);
@@ -93,6 +134,8 @@ pub struct Context {
     pub sink: SinkHandle,
     pub stats: Arc<Stats>,
     pub limiter: Arc<RateLimiter>,
+    /// `limits.max_buffered_bytes`, shared by every connection.
+    pub budget: Arc<Budget>,
     pub shutdown: CancellationToken,
 }
 
@@ -103,6 +146,7 @@ pub struct Context {
 /// `control`, tests pass a token they cancel.
 pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> Result<(), Error> {
     let target = Target::resolve(settings.journal.sink);
+    let budget = Budget::new(settings.limits.max_buffered_bytes);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
     let (sink, sink_task) = journal::spawn(target);
     let stats = Arc::new(Stats::default());
@@ -112,6 +156,7 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         sink,
         stats: stats.clone(),
         limiter: Arc::new(RateLimiter::default()),
+        budget,
         shutdown: shutdown.clone(),
     };
 
@@ -251,6 +296,12 @@ impl Accept {
         );
         loop {
             tokio::select! {
+                // Shutdown first, always: once the idle exit (or a stop) is decided, a client
+                // still in the backlog is left there for the next instance (systemd holds the
+                // socket) rather than accepted and cut off at the drain deadline. On our one
+                // thread nothing runs between this check and the accept below, and a connection
+                // accepted before the decision counts as a client, which the idle clock sees.
+                biased;
                 () = self.ctx.shutdown.cancelled() => return,
                 _ = beat.tick(), if self.heartbeat.is_some() => {
                     if let Some((heart, _)) = &self.heartbeat {
@@ -296,19 +347,20 @@ impl Accept {
 
     fn start(&self, stream: Stream, peer: Peer) {
         let stats = &self.ctx.stats;
-        let max = self.ctx.settings.borrow().limits.max_connections.get();
-        // The count is the connection limit; it follows max_connections live on reload.
-        if stats
-            .clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
+        let key = Key::of(&peer);
+        let refused = {
+            let limits = &self.ctx.settings.borrow().limits;
+            stats.join(
+                key,
+                limits.max_connections.get(),
+                limits.max_connections_per_uid.get(),
+            )
+        };
+        if let Some(why) = refused {
             // Reported in aggregate by the supervisor: one line per burst, not one per client.
-            stream.notify("app: too many connections\n");
+            stream.notify(&format!("app: {why}\n"));
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("refused a connection from {peer}: too many connections");
+            tracing::debug!("refused a connection from {peer}: {why}");
             return;
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -326,7 +378,7 @@ impl Accept {
         ));
         let stats = self.ctx.stats.clone();
         self.tracker.spawn(serve.map(move |served| {
-            stats.clients.fetch_sub(1, Ordering::AcqRel);
+            stats.leave(key);
             stats.closed.fetch_add(1, Ordering::Relaxed);
             if let Err(panic) = served {
                 tracing::error!(
@@ -413,6 +465,83 @@ mod tests {
         assert_eq!(formatted, Err("client 7".to_owned()));
         assert_eq!(other.await.unwrap(), 42, "other tasks carry on");
         assert_eq!(contain(async {}).await, Ok(()));
+    }
+
+    fn context() -> Context {
+        let env = HashMap::new();
+        let settings = crate::config::load(&crate::config::Sources {
+            file: crate::config::ConfigFile::Default("/nonexistent/app.toml".into()),
+            env: &env,
+            overrides: Default::default(),
+            euid: 0,
+        })
+        .unwrap();
+        let (sink, _) = journal::spawn(Target::Stdout);
+        Context {
+            budget: Budget::new(settings.limits.max_buffered_bytes),
+            settings: watch::channel(Arc::new(settings)).1,
+            sink,
+            stats: Default::default(),
+            limiter: Default::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Issue 13.9: the idle exit cancels `shutdown`; a client that is in the backlog at that
+    /// moment must stay there for the next instance, not be accepted and cut off.
+    #[tokio::test]
+    async fn once_shutdown_is_decided_a_pending_client_stays_in_the_backlog() {
+        for _ in 0..32 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("app.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            // What systemd keeps: the socket outlives this instance's accept loop.
+            let held = listener.try_clone().unwrap();
+            let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            // Let the runtime see the connection ready before the decision is taken.
+            tokio::task::yield_now().await;
+            let ctx = context();
+            ctx.shutdown.cancel();
+            let accept = Accept {
+                ctx: ctx.clone(),
+                tracker: TaskTracker::new(),
+                next_id: Default::default(),
+                socket_name: None,
+                heartbeat: None,
+            };
+            accept.run(Incoming::Unix(listener)).await;
+            assert_eq!(
+                ctx.stats.accepted.load(Ordering::Relaxed),
+                0,
+                "accepted after the decision to stop"
+            );
+            held.accept().expect("the client is still in the backlog");
+        }
+    }
+
+    #[test]
+    fn uid_0_is_exempt_from_the_per_uid_limit_but_not_from_the_total() {
+        let stats = Stats::default();
+        let nobody = Key::Uid(65534);
+        assert_eq!(stats.join(nobody, 8, 2), None);
+        assert_eq!(stats.join(nobody, 8, 2), None);
+        assert_eq!(
+            stats.join(nobody, 8, 2).as_deref(),
+            Some("too many connections from uid 65534")
+        );
+        assert_eq!(stats.join(Key::Uid(1000), 8, 2), None);
+        for _ in 0..5 {
+            assert_eq!(stats.join(Key::Uid(0), 8, 2), None);
+        }
+        assert_eq!(
+            stats.join(Key::Uid(0), 8, 2).as_deref(),
+            Some("too many connections")
+        );
+        stats.leave(nobody);
+        assert_eq!(stats.join(nobody, 8, 2), None, "a slot of its own again");
+        assert_eq!(stats.clients.load(Ordering::Relaxed), 8);
     }
 
     #[test]

@@ -206,11 +206,10 @@ fn clients_that_never_read_cannot_block_the_daemon() {
     })
     .join()
     .unwrap();
-    for i in 0..5000 {
-        flooder
-            .write_all(format!("flood {i}\n").as_bytes())
-            .unwrap();
-    }
+    // In one write, so that it is one read: the daemon logs the budget, drops the rest of that
+    // read and reads this client no further until its window ends.
+    let flood: String = (0..5000).map(|i| format!("flood {i}\n")).collect();
+    flooder.write_all(flood.as_bytes()).unwrap();
     // Refused, and never reading the refusal.
     let refused: Vec<UnixStream> = (0..2000)
         .map(|_| UnixStream::connect(&daemon.socket).unwrap())

@@ -88,13 +88,14 @@ fn rate_limit_per_uid_with_an_exact_report_journald() {
     let mut nobody = socat_as_nobody(&daemon.socket);
     let mut heavy = UnixStream::connect(&daemon.socket).unwrap();
     let mut nobody_in = nobody.stdin.take().unwrap();
-    for i in 0..300 {
-        heavy.write_all(format!("root {i}\n").as_bytes()).unwrap();
-        if i < 80 {
-            nobody_in
-                .write_all(format!("nobody {i}\n").as_bytes())
-                .unwrap();
-        }
+    // Root's 300 lines in one write, so they arrive in one read: 100 are logged, the 200 read
+    // past the budget are dropped (a client over its budget is not read any further).
+    let root: String = (0..300).map(|i| format!("root {i}\n")).collect();
+    heavy.write_all(root.as_bytes()).unwrap();
+    for i in 0..80 {
+        nobody_in
+            .write_all(format!("nobody {i}\n").as_bytes())
+            .unwrap();
     }
     drop(nobody_in);
     assert!(nobody.wait().unwrap().success());
@@ -212,4 +213,239 @@ fn descriptor_exhaustion_is_survived() {
             "client {i} was never served:\n{stdout}\n{stderr}"
         );
     }
+}
+
+/// Runs `f` on a thread whose credentials are uid/gid `uid` (Linux credentials are per thread
+/// under the raw syscalls), so that its connections carry that uid in SO_PEERCRED.
+fn as_uid<T: Send + 'static>(
+    uid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        rustix::thread::set_thread_res_gid(
+            rustix::process::Gid::from_raw(uid),
+            rustix::process::Gid::from_raw(uid),
+            rustix::process::Gid::from_raw(uid),
+        )
+        .unwrap();
+        rustix::thread::set_thread_res_uid(
+            rustix::process::Uid::from_raw(uid),
+            rustix::process::Uid::from_raw(uid),
+            rustix::process::Uid::from_raw(uid),
+        )
+        .unwrap();
+        f()
+    })
+}
+
+/// Issue 12.1: a client flooding past its rate limit is not read until its window ends; it
+/// must not hold up other clients or the watchdog (the runtime has one thread).
+#[test]
+fn a_rate_limited_flood_holds_up_no_other_client_nor_the_watchdog_root() {
+    require_root("connects as another uid");
+    let notify = NotifySocket::new();
+    let daemon = DaemonBuilder::new()
+        .stdout_sink()
+        .notify(&notify)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "10")
+        .env("APP_SOCKET__MODE", "0666")
+        .start();
+    notify.until("READY=1", 5 * SEC);
+    let socket = daemon.socket.clone();
+    let flood_for = 6 * SEC;
+    let flooder = std::thread::spawn(move || {
+        let chunk = "x\n".repeat(32768);
+        let start = std::time::Instant::now();
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        while start.elapsed() < flood_for {
+            match s.write_all(chunk.as_bytes()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("flood: {e}"),
+            }
+        }
+    });
+    // uid 65534: one line every 0.5 s, each on a fresh connection, timed until it is logged.
+    std::thread::sleep(Duration::from_millis(300));
+    let socket = daemon.socket.clone();
+    let stdout = daemon.stdout_path();
+    let lines = as_uid(65534, move || {
+        let mut late = Vec::new();
+        for i in 0..10 {
+            let line = format!("nobody {i}");
+            let sent = std::time::Instant::now();
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.write_all(format!("{line}\n").as_bytes()).unwrap();
+            drop(s);
+            let logged = loop {
+                let out = std::fs::read(&stdout).unwrap_or_default();
+                if String::from_utf8_lossy(&out).contains(&format!("> {line}\n")) {
+                    break sent.elapsed();
+                }
+                assert!(sent.elapsed() < 10 * SEC, "{line} never logged");
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            late.push(logged);
+            std::thread::sleep(Duration::from_millis(500).saturating_sub(logged));
+        }
+        late
+    });
+    let pings: Vec<std::time::Instant> = notify
+        .collect(flood_for - Duration::from_millis(500))
+        .into_iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| t)
+        .collect();
+    let late = lines.join().unwrap();
+    flooder.join().unwrap();
+    let worst = late.iter().max().unwrap();
+    assert!(
+        *worst < Duration::from_millis(100),
+        "uid 65534's lines were logged after {late:?}"
+    );
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        pings.len() >= 8,
+        "WATCHDOG=1 pings during the flood: {}",
+        pings.len()
+    );
+    assert!(
+        gaps.iter().all(|g| *g <= SEC),
+        "a gap between WATCHDOG=1 pings above WatchdogSec: {gaps:?}"
+    );
+    // The flood: its first read's budget was logged, the rest of that read dropped and
+    // counted, and the client was told once.
+    let out = daemon.stdout();
+    assert_eq!(out.matches("> x\n").count(), 10, "the burst");
+}
+
+/// Issue 12.4: one uid opens every connection slot; other uids are still served.
+#[test]
+fn one_uid_cannot_take_every_connection_slot_root() {
+    require_root("connects as other uids");
+    let mut daemon = DaemonBuilder::new()
+        .stdout_sink()
+        .env("APP_LIMITS__MAX_CONNECTIONS", "8")
+        .env("APP_SOCKET__MODE", "0666")
+        .start();
+    let socket = daemon.socket.clone();
+    let (held, replies) = as_uid(65534, move || {
+        let mut held = Vec::new();
+        let mut replies = Vec::new();
+        for i in 0..8 {
+            let mut s = UnixStream::connect(&socket).unwrap();
+            s.write_all(format!("nobody {i}\n").as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            replies.push(reply);
+            held.push(s);
+        }
+        (held, replies)
+    })
+    .join()
+    .unwrap();
+    let refused = "app: too many connections from uid 65534\n";
+    assert_eq!(
+        replies,
+        [vec![""; 2], vec![refused; 6]].concat(),
+        "a quarter of max_connections each"
+    );
+    // Another uid, and root, are still served.
+    let socket = daemon.socket.clone();
+    let other = as_uid(65533, move || send(&socket, b"another uid\n"))
+        .join()
+        .unwrap();
+    assert_eq!(other, "");
+    assert_eq!(send(&daemon.socket, b"root\n"), "");
+    wait_until(5 * SEC, "the lines", || {
+        let out = daemon.stdout();
+        (out.contains("> another uid\n")
+            && out.contains("> root\n")
+            && out.contains("> nobody 1\n"))
+        .then_some(())
+    });
+    assert!(!daemon.stdout().contains("> nobody 2\n"));
+    // One warning for the burst.
+    wait_until(5 * SEC, "the refusals reported", || {
+        daemon
+            .stderr()
+            .contains("refused 6 connections: too many connections")
+            .then_some(())
+    });
+    drop(held);
+    assert!(daemon.stop().success());
+}
+
+/// Issue 12.3: bytes read but not yet taken by a frozen journal stay within
+/// limits.max_buffered_bytes (the clients wait in the kernel), and the memory is given back.
+#[test]
+fn buffered_memory_is_bounded_while_the_journal_is_frozen_journald() {
+    let journald = Journald::start();
+    let id = identifier("budget");
+    let budget_mib = 16;
+    let mut daemon = DaemonBuilder::new()
+        .journald(&journald)
+        .identifier(&id)
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
+        .env(
+            "APP_LIMITS__MAX_BUFFERED_BYTES",
+            &format!("{budget_mib}MiB"),
+        )
+        .start();
+    raise_nofile(20_000);
+    let rss_kib = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    // Warm up (the journal socket, the first allocations), then measure the daemon at rest.
+    assert_eq!(send(&daemon.socket, b"warm up\n"), "");
+    journald.wait_for(&id, 1);
+    std::thread::sleep(SEC);
+    let rest = rss_kib(daemon.pid());
+    journald.signal(rustix::process::Signal::STOP);
+    // 4,000 clients × one 64 KiB write of 1 KiB lines.
+    let line = format!("{}\n", "y".repeat(1023));
+    let chunk = line.repeat(64);
+    let clients: Vec<UnixStream> = (0..4000)
+        .map(|_| {
+            let mut s = UnixStream::connect(&daemon.socket).unwrap();
+            s.write_all(chunk.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(3 * SEC);
+    let peak = peak_rss_kib(daemon.pid());
+    journald.signal(rustix::process::Signal::CONT);
+    drop(clients);
+    let limit = (budget_mib + 32) * 1024;
+    assert!(
+        peak < limit,
+        "peak RSS {peak} KiB with the journal frozen, over the budget + 32 MiB ({limit} KiB); at rest {rest} KiB"
+    );
+    // Every line is written, then the memory goes back.
+    let after = wait_until_or(
+        120 * SEC,
+        "RSS back near rest",
+        &mut || {
+            let now = rss_kib(daemon.pid());
+            (now < rest + 8 * 1024).then_some(now)
+        },
+        || format!("at rest {rest} KiB, now {} KiB", rss_kib(daemon.pid())),
+    );
+    eprintln!("RSS: rest {rest} KiB, peak {peak} KiB, after {after} KiB");
+    assert!(daemon.stop().success());
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains(&format!("stopped: 0 clients, {} messages", 1 + 4000 * 64)),
+        "{stderr}"
+    );
 }

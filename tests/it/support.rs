@@ -566,6 +566,11 @@ impl Daemon {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Where the daemon's stdout goes.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.stdout.clone()
+    }
+
     /// What the daemon printed (lossy: client bytes need not be UTF-8).
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stdout).unwrap_or_default()).into_owned()
