@@ -134,6 +134,7 @@ fn inherited_datagram_socket_is_a_startup_error() {
     let dir = temp_dir();
     let path = dir.path().join("dgram.sock");
     let child = Command::new("systemd-socket-activate")
+        .die_with_test()
         .args(["--datagram", "-l"])
         .arg(&path)
         .args([APP, "serve"])

@@ -45,6 +45,7 @@ fn stdout_sink_shows_priority_and_client() {
     // What `cargo run -- serve --socket ./app.sock` prints on a machine without journald.
     let mut daemon = stdout_daemon();
     let out = std::process::Command::new("socat")
+        .die_with_test()
         .args(["-", &format!("UNIX-CONNECT:{}", daemon.socket.display())])
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -121,6 +122,7 @@ fn auto_sink_without_journald_prints_to_stdout_root() {
         socket.display()
     );
     let mut child = std::process::Command::new("unshare")
+        .die_with_test()
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
