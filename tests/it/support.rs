@@ -21,7 +21,7 @@ pub fn require_root(what: &str) {
     if !rustix::process::geteuid().is_root() {
         panic!(
             "{what} needs root (private mount namespaces, a real systemd-journald). \
-             Run the suite as root (`sudo -E cargo test`, or `bash .ci/run` as CI does), \
+             Run the suite as root (`sudo -E tests/setup`, or `bash .ci/run` as CI does), \
              or leave these tests out explicitly with `cargo test -- --skip journald`."
         );
     }
