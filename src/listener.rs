@@ -65,11 +65,16 @@ impl Listeners {
 /// `LISTEN_FDNAMES` so that children never see them.
 ///
 /// `LISTEN_PID` must name this process (sd_listen_fds(3)); otherwise the variables were meant
-/// for someone else and nothing is inherited.
+/// for someone else and nothing is inherited. `LISTEN_FDS` without any `LISTEN_PID` is what
+/// `systemfd --no-pid` passes (the development loop): accepted, see [`take_without_pid`].
 ///
 /// # Safety
 /// Mutates the process environment: call it before any other thread exists.
 pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
+    if std::env::var_os("LISTEN_PID").is_none() && std::env::var_os("LISTEN_FDS").is_some() {
+        // SAFETY: forwarded to the caller.
+        return unsafe { take_without_pid() };
+    }
     // SAFETY: forwarded to the caller.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(|e| Error::io("reading LISTEN_FDS/LISTEN_FDNAMES", e))?;
@@ -78,6 +83,37 @@ pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
         .map(|(fd, name)| {
             // SAFETY: systemd passed us this fd and nothing else in the process owns it.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            classify(owned, fd, name)
+        })
+        .collect()
+}
+
+/// `LISTEN_FDS` with no `LISTEN_PID` at all: `systemfd --no-pid` holds the socket while the
+/// daemon is rebuilt and restarted under it (through `cargo watch` and `cargo run`, so no pid
+/// can be named). That is listenfd's rule, so listenfd reads it; sd-notify (which reads
+/// `LISTEN_FDNAMES` too) keeps the strict systemd path. Names, if any were passed, still apply.
+///
+/// # Safety
+/// Mutates the process environment: call it before any other thread exists.
+unsafe fn take_without_pid() -> Result<Vec<Listener>, Error> {
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // SAFETY: forwarded to the caller. (listenfd unsets LISTEN_PID and LISTEN_FDS itself.)
+    unsafe { std::env::remove_var("LISTEN_FDNAMES") };
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut names = names.split(':');
+    (0..fds.len())
+        .filter_map(|i| fds.take_raw_fd(i).ok().flatten())
+        .map(|fd| {
+            let name = names.next().unwrap_or_default().to_owned();
+            // SAFETY: passed to us by systemfd and owned by nothing else in the process.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            // As sd-notify does for systemd's fds: nothing we might start inherits them.
+            rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| {
+                Error::InheritedFd {
+                    fd,
+                    reason: format!("cannot set FD_CLOEXEC: {e}"),
+                }
+            })?;
             classify(owned, fd, name)
         })
         .collect()

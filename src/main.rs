@@ -91,15 +91,27 @@ fn check_config(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
-    let socket = match &args.socket {
-        Some(path) => path.clone(),
-        None => load_settings(cli, &ServeArgs::default())?
+    let sockets = match &args.socket {
+        Some(path) => vec![path.clone()],
+        None => {
+            // The server's default path is not what a client means: a user sends to the system
+            // socket when there is one. So only a configured socket.path counts here: without
+            // XDG_RUNTIME_DIR and with a uid that is not root, there is no default path.
+            let mut inputs = ConfigInputs::new(cli, &ServeArgs::default());
+            let runtime_dir = inputs.env.remove("XDG_RUNTIME_DIR");
+            let configured = config::load(&Sources {
+                file: inputs.file.clone(),
+                env: &inputs.env,
+                overrides: Overrides::default(),
+                euid: u32::MAX,
+            })?
             .socket
-            .path()?
-            .to_owned(),
+            .path;
+            app::send::candidates(configured, runtime_dir.as_deref())
+        }
     };
     app::send::send(
-        &socket,
+        &sockets,
         args.priority,
         &args.message,
         &mut std::io::stdin().lock(),

@@ -24,15 +24,8 @@ if [ -z "${APP_E2E_INNER:-}" ]; then
     cp "$ROOT"/target/debian/app_*-1_amd64.deb /tmp/app-e2e-v1.deb
     "$ROOT/packaging/build-deb" --deb-revision 2 >/dev/null
     cp "$ROOT"/target/debian/app_*-2_amd64.deb /tmp/app-e2e-v2.deb
-    if [ ! -d "$CACHE/rootfs" ]; then
-        echo "== debootstrap a minimal Debian 12 into $CACHE/rootfs (cached for later runs)"
-        rm -rf "$CACHE/rootfs.new"
-        mkdir -p "$CACHE"
-        timeout 900 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,socat \
-            bookworm "$CACHE/rootfs.new" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-            || { tail -n 30 "$CACHE/debootstrap.log"; exit 1; }
-        mv "$CACHE/rootfs.new" "$CACHE/rootfs"
-    fi
+    . "$ROOT/tests/e2e/lib.sh"
+    rootfs "$CACHE/rootfs" systemd,systemd-sysv,dbus,socat
     exec env APP_E2E_INNER=1 timeout 900 \
         unshare --mount --pid --fork --kill-child --mount-proc --propagation private "$0" "$@"
 fi
@@ -143,6 +136,18 @@ step3() {
     [ "$(journal_count from-bob)" = 0 ]
 }
 check "3. a member of group app is logged with its CLIENT_UID; a non-member gets Permission denied and logs nothing" step3
+
+# 3b. app send, as a user, finds the system socket by itself
+step3b() {
+    local alice_uid err
+    alice_uid=$(c id -u alice)
+    csh "runuser -u alice -- env XDG_RUNTIME_DIR=/run/user/$alice_uid app send from-alice-app-send" || return 1
+    await "journalctl -u app.service -o json MESSAGE=from-alice-app-send | grep -q '\"CLIENT_UID\":\"$alice_uid\"'" || return 1
+    err=$(csh "runuser -u bob -- app send from-bob-app-send" 2>&1) && return 1
+    echo "   bob: $err"
+    echo "$err" | grep -q "/run/app.sock: Permission denied"
+}
+check "3b. 'app send' with no --socket: alice (group app) reaches /run/app.sock; bob's error names the path tried" step3b
 
 # 4. 20 × 1000 lines with app's limiter off; a flood cut at the shipped burst
 step4() {

@@ -134,6 +134,7 @@ fn inherited_datagram_socket_is_a_startup_error() {
     let dir = temp_dir();
     let path = dir.path().join("dgram.sock");
     let child = Command::new("systemd-socket-activate")
+        .die_with_test()
         .args(["--datagram", "-l"])
         .arg(&path)
         .args([APP, "serve"])
@@ -157,4 +158,132 @@ fn inherited_datagram_socket_is_a_startup_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("app: fd 3: a datagram socket"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `systemfd`, from crates.io (`tests/setup` installs it): in `PATH`, or where `cargo install`
+/// puts it.
+fn systemfd() -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        dirs.push(std::path::Path::new(&home).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(std::path::Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("systemfd"))
+        .find(|p| p.is_file())
+        .expect("systemfd not found: `cargo install systemfd --locked` (tests/setup does it)")
+}
+
+/// README "Developing": `systemfd --no-pid` holds the socket while the daemon under it is
+/// rebuilt and restarted, and passes it as `LISTEN_FDS` without `LISTEN_PID`. A client that
+/// connects in a loop across three restarts is never refused, and every line arrives once.
+#[test]
+fn systemfd_no_pid_keeps_clients_connecting_across_restarts() {
+    let dir = temp_dir();
+    let socket = dir.path().join("app.sock");
+    let (out, err, pidfile) = (
+        dir.path().join("stdout"),
+        dir.path().join("stderr"),
+        dir.path().join("pid"),
+    );
+    // If the daemon ignored the passed socket, it would bind this one instead.
+    let config = dir.path().join("app.toml");
+    let own = dir.path().join("bound-by-itself.sock");
+    std::fs::write(&config, format!("[socket]\npath = {own:?}\n")).unwrap();
+    // What `cargo watch` does on every change: start the daemon again once the last one exited.
+    let restart_loop = format!(
+        "while :; do setpriv --pdeathsig KILL -- {APP} --config {config} serve --sink stdout \
+         >>{out} 2>>{err} & echo $! >{pid}.new; mv {pid}.new {pid}; wait $!; done",
+        config = config.display(),
+        out = out.display(),
+        err = err.display(),
+        pid = pidfile.display(),
+    );
+    let mut systemfd = Command::new(systemfd())
+        .die_with_test()
+        .args(["--no-pid", "-s"])
+        .arg(format!("unix::{}", socket.display()))
+        .args(["--", "setpriv", "--pdeathsig", "KILL", "--", "sh", "-c"])
+        .arg(&restart_loop)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running systemfd");
+    let daemon_pid =
+        || -> Option<i32> { std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok() };
+    let mut pid = wait_until(
+        std::time::Duration::from_secs(10),
+        "the first daemon",
+        daemon_pid,
+    );
+    let mut pids = vec![pid];
+
+    const LINES: usize = 400;
+    let mut refused = Vec::new();
+    for i in 0..LINES {
+        if i > 0 && i % 100 == 0 {
+            // Restart: SIGTERM the daemon and connect again at once, while it stops.
+            let pid_now = rustix::process::Pid::from_raw(pid).unwrap();
+            rustix::process::kill_process(pid_now, rustix::process::Signal::TERM).unwrap();
+        }
+        let mut s = match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(s) => s,
+            Err(e) => {
+                refused.push(format!("line {i}: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        s.write_all(format!("dev loop {i}\n").as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // The daemon closes once it has read everything: the line was taken.
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let mut reply = String::new();
+        if let Err(e) = s.read_to_string(&mut reply) {
+            let _ = systemfd.kill();
+            panic!(
+                "line {i} not taken within 15 s ({e}); daemons' stderr: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        assert_eq!(reply, "", "line {i}");
+        if i % 100 == 0 && i > 0 {
+            pid = wait_until(
+                std::time::Duration::from_secs(10),
+                "the next daemon",
+                || daemon_pid().filter(|p| *p != pid),
+            );
+            pids.push(pid);
+        }
+    }
+    // The last daemon stops cleanly (its output written) before systemfd goes.
+    let pid_now = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::kill_process(pid_now, rustix::process::Signal::TERM).unwrap();
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the last daemon to stop",
+        || daemon_pid().filter(|p| *p != pid),
+    );
+    let _ = systemfd.kill();
+    let _ = systemfd.wait();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert_eq!(pids.len(), 4, "three restarts: {pids:?}");
+    let stdout = std::fs::read_to_string(&out).unwrap();
+    for i in 0..LINES {
+        let n = stdout.matches(&format!("> dev loop {i}\n")).count();
+        assert_eq!(n, 1, "line {i} logged {n} times: {stdout}");
+    }
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert!(
+        !own.exists() && !stderr.contains("bound-by-itself"),
+        "{stderr}"
+    );
 }

@@ -45,6 +45,7 @@ fn stdout_sink_shows_priority_and_client() {
     // What `cargo run -- serve --socket ./app.sock` prints on a machine without journald.
     let mut daemon = stdout_daemon();
     let out = std::process::Command::new("socat")
+        .die_with_test()
         .args(["-", &format!("UNIX-CONNECT:{}", daemon.socket.display())])
         .stdin(std::process::Stdio::piped())
         .spawn()
@@ -121,6 +122,7 @@ fn auto_sink_without_journald_prints_to_stdout_root() {
         socket.display()
     );
     let mut child = std::process::Command::new("unshare")
+        .die_with_test()
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -141,4 +143,56 @@ fn auto_sink_without_journald_prints_to_stdout_root() {
         std::process::id()
     );
     assert!(text.trim_end().ends_with(&expected), "{text}");
+}
+
+/// `app send` as a user, with no socket configured: the system daemon's `/run/app.sock` when it
+/// is there (README "Clients"), not the server's default for that user; with no daemon at
+/// all, the error names every path tried. In a private mount namespace with an empty `/run`.
+#[test]
+fn send_finds_the_system_socket_as_a_user_root() {
+    require_root("a private /run");
+    let dir = temp_dir();
+    let config = dir.path().join("app.toml");
+    std::fs::write(&config, "[socket]\nmode = \"0666\"\n").unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let as_nobody = format!(
+        "setpriv --reuid 65534 --regid 65534 --clear-groups -- \
+         env -i XDG_RUNTIME_DIR={} {APP} --config {}",
+        runtime.display(),
+        empty.display()
+    );
+    let script = format!(
+        "mount -t tmpfs tmpfs /run
+{APP} --config {config} serve --socket /run/app.sock --sink stdout &
+daemon=$!
+i=0; while [ ! -S /run/app.sock ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+{as_nobody} send 'to the system socket'; echo \"first: $?\" >&2
+kill $daemon; wait $daemon
+{as_nobody} send 'nowhere'; echo \"second: $?\" >&2",
+        config = config.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .die_with_test()
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("first: 0"), "{stderr}");
+    assert!(
+        stdout.contains("uid=65534 conn=1] <6> to the system socket"),
+        "{stdout}"
+    );
+    let tried = format!(
+        "app: cannot connect to the daemon; tried /run/app.sock: No such file or directory \
+         (os error 2), {}/app.sock: No such file or directory (os error 2) (use --socket PATH)",
+        runtime.display()
+    );
+    assert!(stderr.contains(&tried), "{stderr}");
+    assert!(stderr.contains("second: 1"), "{stderr}");
 }

@@ -6,6 +6,7 @@ use crate::support::*;
 
 fn logger(socket: &std::path::Path, args: &[&str]) -> u32 {
     let mut child = Command::new("logger")
+        .die_with_test()
         .arg("-u")
         .arg(socket)
         .arg("--socket-errors=on")
@@ -50,6 +51,7 @@ fn logger_headers_become_syslog_fields_journald() {
     // holding a newline (octet counting keeps it one entry).
     let counted = |args: &[&str], stdin: &[u8]| {
         let mut child = Command::new("logger")
+            .die_with_test()
             .arg("-u")
             .arg(&daemon.socket)
             .args(["--socket-errors=on", "--octet-count"])

@@ -163,6 +163,7 @@ fn twenty_thousand_connect_close_cycles() {
 fn a_client_killed_mid_line_still_has_its_line_logged() {
     let daemon = stdout_daemon(&[("APP_PROTOCOL__FLUSH_AFTER", "0s")]);
     let mut socat = Command::new("socat")
+        .die_with_test()
         .args(["-", &format!("UNIX-CONNECT:{}", daemon.socket.display())])
         .stdin(Stdio::piped())
         .spawn()

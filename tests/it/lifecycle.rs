@@ -561,6 +561,7 @@ fn sigterm_during_startup_still_stops_cleanly() {
         let dir = temp_dir();
         let socket = dir.path().join("app.sock");
         let mut child = Command::new(APP)
+            .die_with_test()
             .args(["serve", "--sink", "stdout", "--socket"])
             .arg(&socket)
             .env_clear()

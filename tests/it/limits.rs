@@ -154,6 +154,7 @@ fn descriptor_exhaustion_is_survived() {
     let dir = temp_dir();
     let socket = dir.path().join("app.sock");
     let child = Command::new("prlimit")
+        .die_with_test()
         .args([
             "--nofile=48:48",
             "--",

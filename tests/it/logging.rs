@@ -53,6 +53,7 @@ fn diagnostics_are_plain_text_on_stderr_otherwise() {
     let dir = temp_dir();
     let socket = dir.path().join("app.sock");
     let mut child = Command::new(APP)
+        .die_with_test()
         .args([
             "serve",
             "--sink",

@@ -21,9 +21,31 @@ pub fn require_root(what: &str) {
     if !rustix::process::geteuid().is_root() {
         panic!(
             "{what} needs root (private mount namespaces, a real systemd-journald). \
-             Run the suite as root (`sudo -E cargo test`, or `bash .ci/run` as CI does), \
+             Run the suite as root (`sudo -E tests/setup`, or `bash .ci/run` as CI does), \
              or leave these tests out explicitly with `cargo test -- --skip journald`."
         );
+    }
+}
+
+/// Makes a spawned process die with the test that started it.
+pub trait DieWithTest {
+    /// SIGKILL when the thread that spawns it ends — the test, also on panic or when the test
+    /// binary is killed (`PR_SET_PDEATHSIG`, kept across exec). A process that starts others
+    /// must pass this on (`setpriv --pdeathsig KILL`), or run them in a pid namespace of its own.
+    fn die_with_test(&mut self) -> &mut Self;
+}
+
+impl DieWithTest for Command {
+    fn die_with_test(&mut self) -> &mut Self {
+        // SAFETY: prctl only (async-signal-safe) between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(self, || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            })
+        }
     }
 }
 
@@ -116,7 +138,10 @@ fn journald_holder_process() {
                 Ok(())
             });
         }
+        // Dies with this holder: killing the holder (the test's drop, or the test dying) must
+        // not leave a journald behind.
         let mut journald = cmd
+            .die_with_test()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -510,6 +535,7 @@ impl<'a> DaemonBuilder<'a> {
             cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
         }
         let child = cmd
+            .die_with_test()
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(stderr_file)
@@ -619,6 +645,7 @@ pub fn send(socket: &Path, bytes: &[u8]) -> String {
 /// Runs the app binary with a clean environment and returns (status, stdout, stderr).
 pub fn run_app(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> (i32, String, String) {
     let mut child = Command::new(APP)
+        .die_with_test()
         .args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -759,6 +786,7 @@ pub fn socat_as_nobody(socket: &Path) -> Child {
             "--",
         ])
         .args(["socat", "-", &format!("UNIX-CONNECT:{}", socket.display())])
+        .die_with_test()
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
