@@ -37,6 +37,8 @@ fn descriptor_exhaustion_before_the_first_message_keeps_serving_journald() {
         .notify(&notify)
         .env("WATCHDOG_USEC", "1000000")
         .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
+        // The 1 MiB line is one entry (through a memfd), not pieces of `line-max`.
+        .env("APP_LIMITS__MAX_LINE_BYTES", "2000000")
         .start();
     notify.until("READY=1", 10 * SEC);
     limit_nofile(daemon.pid(), 64);
