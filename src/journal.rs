@@ -621,7 +621,10 @@ impl JournalSocket {
                 // journald's receive queue was full. Rather than refill it one slot at a time
                 // as journald frees them, let it drain a while and refill many at once.
                 match self.pacer.pause() {
-                    Some(pause) => tokio::time::sleep(pause).await,
+                    Some(pause) => {
+                        tokio::time::sleep(pause).await;
+                        self.pacer.paused();
+                    }
                     None => writable(socket).await?,
                 }
                 self.full = false;
@@ -725,6 +728,10 @@ struct Pacer {
     rate: f64,
     /// Share of the known capacity journald may drain before the next refill.
     share: f64,
+    /// The run now going in follows a pause (not a wait for room).
+    paused: bool,
+    /// A short refill after a pause, and how many times in a row it was exactly that.
+    dry: (usize, u32),
 }
 
 impl Default for Pacer {
@@ -735,6 +742,8 @@ impl Default for Pacer {
             capacity: 0,
             rate: 0.0,
             share: Pacer::MAX_SHARE,
+            paused: false,
+            dry: (0, 0),
         }
     }
 }
@@ -758,37 +767,63 @@ impl Pacer {
 
     /// The kernel said the queue is full.
     ///
-    /// Between two "full" answers journald took exactly the `run` entries sent meanwhile, so
-    /// `run / elapsed` is its drain rate if the queue never ran dry and journald never stalled,
-    /// and a lower bound otherwise: every such sample is a lower bound. The rate estimate is
-    /// smoothed but never below the latest sample, so a pause is never longer than the last
-    /// observed drain needs, and a rate measured during a stall (journald stopped, the rate
-    /// near zero) is forgotten at the next run.
+    /// Between two "full" answers journald took exactly the `run` entries sent meanwhile:
+    /// `run / elapsed` is its drain rate if the queue never ran dry, a lower bound if it did.
+    /// After a stall (a rate near zero, the longest pause) the next refill finds the queue
+    /// drained, and its sample replaces the estimate: the pacer re-measures after any stall, and
+    /// a pause is never longer than the last observed drain needs.
     fn full(&mut self, now: Instant) {
         let run = std::mem::take(&mut self.run);
-        let Some(then) = self.last_full.replace(now) else {
-            // A run from an idle sink started with a queue of unknown content, which journald
-            // drained meanwhile: it says nothing about the queue's size nor the rate.
-            return;
-        };
-        let elapsed = now.saturating_duration_since(then).as_secs_f64();
-        if run > 0 && elapsed > 0.0 {
-            let sample = run as f64 / elapsed;
-            self.rate = if self.rate == 0.0 {
-                sample
+        let after_pause = std::mem::take(&mut self.paused);
+        // The capacity is learnt from the longest run, which can overstate it (journald drains
+        // while a long run goes in). If the refill after a pause is the very same short run
+        // three times over, the queue ran dry during each pause and that run is its size.
+        if after_pause && run > 0 && run * 10 <= self.capacity * 9 {
+            if run == self.dry.0 {
+                self.dry.1 += 1;
             } else {
-                (0.875 * self.rate + 0.125 * sample).max(sample)
-            };
+                self.dry = (run, 1);
+            }
+            if self.dry.1 >= 3 {
+                self.capacity = run;
+                self.dry = (0, 0);
+            }
+        } else if after_pause {
+            self.dry = (0, 0);
+        }
+        // Nearly the whole capacity went in: the queue may have run dry, journald idled.
+        let nearly_whole = run * 10 > self.capacity * 9;
+        if let Some(then) = self.last_full {
+            let elapsed = now.saturating_duration_since(then).as_secs_f64();
+            if run > 0 && elapsed > 0.0 {
+                let sample = run as f64 / elapsed;
+                self.rate = if self.rate == 0.0 {
+                    sample
+                } else if nearly_whole {
+                    // journald drained at least this fast, and the pause was longer than the
+                    // drain needed: never keep a lower estimate (one measured across a stall,
+                    // say) that would make the next pause as long again.
+                    self.rate.max(sample)
+                } else {
+                    0.875 * self.rate + 0.125 * sample
+                };
+            }
         }
         if run > self.capacity {
-            // A refill longer than ever: the queue holds at least this many.
+            // A longer run than ever: the queue holds at least this many.
             self.capacity = run;
-        } else if run * 10 > self.capacity * 9 {
-            // Nearly the whole capacity went in: journald may have idled. Pause less.
+        } else if nearly_whole {
+            // Pause less.
             self.share = (self.share / 2.0).max(Pacer::MIN_SHARE);
         } else if run * 4 < self.capacity {
             self.share = (self.share * 1.25).min(Pacer::MAX_SHARE);
         }
+        self.last_full = Some(now);
+    }
+
+    /// The sink waited [`Pacer::pause`] before the run now starting.
+    fn paused(&mut self) {
+        self.paused = true;
     }
 
     /// How long to wait, once the queue has room, before refilling it.
@@ -1120,8 +1155,8 @@ mod tests {
 
     #[test]
     fn a_stall_before_the_rate_is_known_is_forgotten_at_the_next_run() {
-        // The kernel's 10 slots; the queue is found full, then journald stops for a second
-        // and takes 8 entries when it wakes: 8 entries/s.
+        // The kernel's 10 slots (a first run of 30 from an idle sink overstates them);
+        // journald stops right after, for a second, and takes 8 entries when it wakes.
         let mut pacer = Pacer::default();
         let mut now = Instant::now();
         pacer.sent(30);
@@ -1129,23 +1164,18 @@ mod tests {
         now += Duration::from_secs(1);
         pacer.sent(8);
         pacer.full(now);
-        let mut pause = pacer.pause().expect("8 entries/s: the longest pause");
-        assert_eq!(pause, Pacer::MAX_PAUSE);
-        // journald is back and drains 10 entries in 0.2 ms: each run refills the queue whole
-        // after the pause. A pause never exceeds half of what the last run showed journald
-        // needs to drain a full queue (the pause itself, at most), so it shrinks at each run.
-        for run in 0.. {
+        assert_eq!(pacer.pause(), Some(Pacer::MAX_PAUSE), "8 entries/s");
+        // journald is back and drains the 10 entries in 0.2 ms: each refill after a pause is
+        // the whole queue. Within a few pauses there are none: the sink refills at each
+        // wake-up, as a small queue needs (the old pacer stayed at 4 ms per 10 entries).
+        let mut pauses = 0;
+        while let Some(pause) = pacer.pause() {
+            pauses += 1;
+            assert!(pauses <= 5, "still pausing {pause:?}: {pacer:?}");
             now += pause + Duration::from_micros(50);
+            pacer.paused();
             pacer.sent(10);
             pacer.full(now);
-            match pacer.pause() {
-                None => break,
-                Some(next) => {
-                    assert!(next <= pause / 2, "run {run}: {next:?} after {pause:?}");
-                    pause = next;
-                }
-            }
-            assert!(run < 3, "still pausing {pause:?}: {pacer:?}");
         }
         for _ in 0..100 {
             now += Duration::from_micros(200);
