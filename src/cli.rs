@@ -26,6 +26,26 @@ pub enum Command {
     Send(SendArgs),
     /// Validate the configuration and print the effective settings.
     CheckConfig(ServeArgs),
+    /// Make a running daemon reload its configuration, and wait until it has: exits 0 once the
+    /// new settings are in force, non-zero with the reason if they were rejected. For
+    /// `ExecReload=`.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReloadArgs {
+    /// The daemon's pid [default: $MAINPID, which systemd sets for ExecReload=]
+    #[arg(long, env = "MAINPID", value_name = "PID")]
+    pub pid: i32,
+
+    /// The daemon's runtime directory, where it writes each reload's outcome
+    /// [default: $RUNTIME_DIRECTORY, which systemd sets with RuntimeDirectory=]
+    #[arg(long, env = "RUNTIME_DIRECTORY", value_name = "DIR")]
+    pub runtime_directory: PathBuf,
+
+    /// How long to wait for the outcome
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -11,9 +11,11 @@ use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrAny};
 use std::os::unix::net::UnixDatagram;
 
 use tokio::io::Interest;
@@ -318,11 +320,40 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
+/// Entries counted on their way through the sink: what a stop that cannot wait any longer
+/// reports as undelivered is exactly `handed - delivered - lost`.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Entries handed to [`SinkHandle::send`] (counted before any wait for room).
+    handed: AtomicU64,
+    /// Entries the journal (or stdout) took.
+    delivered: AtomicU64,
+    /// Entries that can never be delivered (stdout closed).
+    lost: AtomicU64,
+}
+
+impl SinkCounters {
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Entries handed over and neither delivered nor lost yet.
+    pub fn pending(&self) -> u64 {
+        let done = self.delivered() + self.lost();
+        self.handed.load(Ordering::Acquire).saturating_sub(done)
+    }
+}
+
 /// The connections' side of the sink.
 #[derive(Debug, Clone)]
 pub struct SinkHandle {
     target: Target,
     tx: mpsc::Sender<Batch>,
+    counters: Arc<SinkCounters>,
 }
 
 impl SinkHandle {
@@ -330,11 +361,18 @@ impl SinkHandle {
         self.target
     }
 
+    pub fn counters(&self) -> &Arc<SinkCounters> {
+        &self.counters
+    }
+
     /// Hands a batch to the sink, waiting while its queue is full (backpressure).
     pub async fn send(&self, batch: Batch) {
         if batch.is_empty() {
             return;
         }
+        self.counters
+            .handed
+            .fetch_add(batch.len() as u64, Ordering::AcqRel);
         // The receiver lives until every handle is dropped, so this cannot fail.
         let _ = self.tx.send(batch).await;
     }
@@ -342,9 +380,12 @@ impl SinkHandle {
     /// Hands a batch over only if the queue has room; gives it back otherwise. For senders that
     /// must never wait on the journal (the supervisor, whose ticks feed the watchdog).
     pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        let n = batch.len() as u64;
+        self.counters.handed.fetch_add(n, Ordering::AcqRel);
         match self.tx.try_send(batch) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                self.counters.handed.fetch_sub(n, Ordering::AcqRel);
                 Err(b)
             }
         }
@@ -352,32 +393,102 @@ impl SinkHandle {
 }
 
 /// Starts the sink task. It ends once every [`SinkHandle`] is dropped and the queue is written.
+///
+/// Everything it needs to deliver is opened here, before the service says it is ready: the
+/// journal socket (unconnected, so that a journald restart needs no new one) and a spare memfd
+/// for the first entry too large for a datagram. Out of descriptors later, it still delivers.
 pub fn spawn(target: Target) -> (SinkHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    let counters = Arc::new(SinkCounters::default());
     let task = match target {
-        Target::Journal => tokio::spawn(run_journal(rx, PathBuf::from(JOURNAL_SOCKET))),
-        Target::Stdout => tokio::spawn(run_stdout(rx)),
+        Target::Journal => {
+            let journal = JournalSocket::new(PathBuf::from(JOURNAL_SOCKET));
+            tokio::spawn(run_journal(rx, journal, counters.clone()))
+        }
+        Target::Stdout => tokio::spawn(run_stdout(rx, counters.clone())),
     };
-    (SinkHandle { target, tx }, task)
+    (
+        SinkHandle {
+            target,
+            tx,
+            counters,
+        },
+        task,
+    )
 }
 
-async fn run_stdout(mut rx: mpsc::Receiver<Batch>) {
+async fn run_stdout(mut rx: mpsc::Receiver<Batch>, counters: Arc<SinkCounters>) {
+    let mut closed = false;
     while let Some(batch) = rx.recv().await {
+        if closed {
+            counters
+                .lost
+                .fetch_add(batch.len() as u64, Ordering::AcqRel);
+            continue;
+        }
         // Blocking stdout writes stay off the runtime's worker threads.
-        let result = tokio::task::spawn_blocking(move || {
-            let mut out = io::stdout().lock();
-            out.write_all(&batch.data)?;
-            out.flush()
+        let written = tokio::task::spawn_blocking(move || {
+            let result = write_all_waiting(io::stdout().as_fd(), &batch.data);
+            let bytes = match &result {
+                Ok(()) => batch.data.len(),
+                Err((n, _)) => *n,
+            };
+            // Only whole entries count as written.
+            let entries = batch.ends.partition_point(|&end| end <= bytes);
+            (entries, batch.len(), result.err().map(|(_, e)| e))
         })
         .await;
-        if let Ok(Err(e)) = result {
-            tracing::error!("writing messages to stdout: {e}");
+        let Ok((entries, total, error)) = written else {
+            continue;
+        };
+        counters
+            .delivered
+            .fetch_add(entries as u64, Ordering::AcqRel);
+        if let Some(e) = error {
+            let lost = total - entries;
+            counters.lost.fetch_add(lost as u64, Ordering::AcqRel);
+            tracing::error!(
+                "writing messages to stdout: {e}; {lost} messages lost, and every later one"
+            );
+            closed = true;
         }
     }
 }
 
-async fn run_journal(mut rx: mpsc::Receiver<Batch>, path: PathBuf) {
-    let mut journal = JournalSocket::new(path);
+/// Writes all of `data` to `fd`, waiting whenever it would block: stdout may be a non-blocking
+/// pipe that its reader drains slowly. On failure, says how many bytes were written first.
+fn write_all_waiting(
+    fd: std::os::fd::BorrowedFd<'_>,
+    mut data: &[u8],
+) -> Result<(), (usize, io::Error)> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use rustix::io::Errno;
+    let total = data.len();
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => {
+                return Err((total - data.len(), io::ErrorKind::WriteZero.into()));
+            }
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => return Err((total - data.len(), e.into())),
+                }
+            }
+            Err(e) => return Err((total - data.len(), e.into())),
+        }
+    }
+    Ok(())
+}
+
+async fn run_journal(
+    mut rx: mpsc::Receiver<Batch>,
+    mut journal: JournalSocket,
+    counters: Arc<SinkCounters>,
+) {
     loop {
         let batch = match rx.try_recv() {
             Ok(batch) => batch,
@@ -393,15 +504,28 @@ async fn run_journal(mut rx: mpsc::Receiver<Batch>, path: PathBuf) {
         let entries: Vec<&[u8]> = batch.entries().collect();
         let mut sent = 0;
         while sent < entries.len() {
-            sent += journal.send_some(&entries[sent..]).await;
+            let n = journal.send_some(&entries[sent..]).await;
+            sent += n;
+            counters.delivered.fetch_add(n as u64, Ordering::AcqRel);
         }
     }
 }
 
-/// The one datagram socket to journald, reconnected when journald restarts.
+/// The one datagram socket to journald, opened at start. A journald that restarts with a new
+/// socket at the same path is reached by connecting the same socket again: no new descriptor.
+/// (Connected rather than `sendto` on an unconnected socket: only a connected socket can wait,
+/// in poll(2), for room in journald's receive queue; an unconnected one reads as writable while
+/// every send fails with EAGAIN.)
 struct JournalSocket {
     path: PathBuf,
+    addr: SocketAddrAny,
+    /// Opened at start; `None` only if that failed (then it is retried).
     socket: Option<UnixDatagram>,
+    /// Connected to `addr`; cleared by any send error, so the next try connects again.
+    connected: bool,
+    /// A memfd made ahead of time for the next entry too large for a datagram: out of
+    /// descriptors, that entry still goes out whole, at once.
+    spare_memfd: Option<std::fs::File>,
     /// Set while journald is unreachable, so that the outage is reported once, not per entry.
     outage: Option<io::Error>,
     /// journald's receive queue was found full: wait for room before the next send.
@@ -411,9 +535,23 @@ struct JournalSocket {
 
 impl JournalSocket {
     fn new(path: PathBuf) -> Self {
+        use rustix::net::addr::SocketAddrArg;
+        let addr = rustix::net::SocketAddrUnix::new(path.as_path())
+            .map(|a| a.as_any())
+            .unwrap_or_else(|_| rustix::net::SocketAddrUnix::new_unnamed().as_any());
+        let socket = match open_socket() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("opening a socket for the journal: {e}; retrying when needed");
+                None
+            }
+        };
         JournalSocket {
             path,
-            socket: None,
+            addr,
+            socket,
+            spare_memfd: new_memfd().ok(),
+            connected: false,
             outage: None,
             full: false,
             pacer: Pacer::default(),
@@ -449,7 +587,7 @@ impl JournalSocket {
                         );
                         self.outage = Some(e);
                     }
-                    self.socket = None;
+                    self.connected = false;
                     self.pacer.idle();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -461,12 +599,16 @@ impl JournalSocket {
     async fn try_send_some(&mut self, entries: &[&[u8]]) -> io::Result<usize> {
         let socket = match &self.socket {
             Some(s) => s,
-            None => self.socket.insert(connect(&self.path)?),
+            None => self.socket.insert(open_socket()?),
         };
+        if !self.connected {
+            rustix::net::connect(socket, &self.addr)?;
+            self.connected = true;
+        }
         let first = entries[0];
         if first.len() > MAX_DATAGRAM {
             tracing::debug!("entry of {} bytes sent through a memfd", first.len());
-            send_memfd(socket, first).await?;
+            send_memfd(socket, &mut self.spare_memfd, first).await?;
             return Ok(1);
         }
         let n = entries
@@ -479,7 +621,10 @@ impl JournalSocket {
                 // journald's receive queue was full. Rather than refill it one slot at a time
                 // as journald frees them, let it drain a while and refill many at once.
                 match self.pacer.pause() {
-                    Some(pause) => tokio::time::sleep(pause).await,
+                    Some(pause) => {
+                        tokio::time::sleep(pause).await;
+                        self.pacer.paused();
+                    }
                     None => writable(socket).await?,
                 }
                 self.full = false;
@@ -504,7 +649,7 @@ impl JournalSocket {
                         Some(libc_errno::EMSGSIZE | libc_errno::ENOBUFS)
                     ) =>
                 {
-                    send_memfd(socket, first).await?;
+                    send_memfd(socket, &mut self.spare_memfd, first).await?;
                     return Ok(1);
                 }
                 Err(e) => return Err(e),
@@ -583,6 +728,10 @@ struct Pacer {
     rate: f64,
     /// Share of the known capacity journald may drain before the next refill.
     share: f64,
+    /// The run now going in follows a pause (not a wait for room).
+    paused: bool,
+    /// A short refill after a pause, and how many times in a row it was exactly that.
+    dry: (usize, u32),
 }
 
 impl Default for Pacer {
@@ -593,6 +742,8 @@ impl Default for Pacer {
             capacity: 0,
             rate: 0.0,
             share: Pacer::MAX_SHARE,
+            paused: false,
+            dry: (0, 0),
         }
     }
 }
@@ -615,30 +766,64 @@ impl Pacer {
     }
 
     /// The kernel said the queue is full.
+    ///
+    /// Between two "full" answers journald took exactly the `run` entries sent meanwhile:
+    /// `run / elapsed` is its drain rate if the queue never ran dry, a lower bound if it did.
+    /// After a stall (a rate near zero, the longest pause) the next refill finds the queue
+    /// drained, and its sample replaces the estimate: the pacer re-measures after any stall, and
+    /// a pause is never longer than the last observed drain needs.
     fn full(&mut self, now: Instant) {
         let run = std::mem::take(&mut self.run);
-        if run > self.capacity {
-            // A longer run than ever: the queue holds at least this many. It may have run dry
-            // meanwhile, so the run says nothing about the rate.
-            self.capacity = run;
-        } else if run * 10 > self.capacity * 9 {
-            // Nearly the whole capacity went in: journald may have idled. Pause less.
-            self.share = (self.share / 2.0).max(Pacer::MIN_SHARE);
-        } else if let Some(then) = self.last_full {
+        let after_pause = std::mem::take(&mut self.paused);
+        // The capacity is learnt from the longest run, which can overstate it (journald drains
+        // while a long run goes in). If the refill after a pause is the very same short run
+        // three times over, the queue ran dry during each pause and that run is its size.
+        if after_pause && run > 0 && run * 10 <= self.capacity * 9 {
+            if run == self.dry.0 {
+                self.dry.1 += 1;
+            } else {
+                self.dry = (run, 1);
+            }
+            if self.dry.1 >= 3 {
+                self.capacity = run;
+                self.dry = (0, 0);
+            }
+        } else if after_pause {
+            self.dry = (0, 0);
+        }
+        // Nearly the whole capacity went in: the queue may have run dry, journald idled.
+        let nearly_whole = run * 10 > self.capacity * 9;
+        if let Some(then) = self.last_full {
             let elapsed = now.saturating_duration_since(then).as_secs_f64();
             if run > 0 && elapsed > 0.0 {
                 let sample = run as f64 / elapsed;
                 self.rate = if self.rate == 0.0 {
                     sample
+                } else if nearly_whole {
+                    // journald drained at least this fast, and the pause was longer than the
+                    // drain needed: never keep a lower estimate (one measured across a stall,
+                    // say) that would make the next pause as long again.
+                    self.rate.max(sample)
                 } else {
                     0.875 * self.rate + 0.125 * sample
                 };
             }
-            if run * 4 < self.capacity {
-                self.share = (self.share * 1.25).min(Pacer::MAX_SHARE);
-            }
+        }
+        if run > self.capacity {
+            // A longer run than ever: the queue holds at least this many.
+            self.capacity = run;
+        } else if nearly_whole {
+            // Pause less.
+            self.share = (self.share / 2.0).max(Pacer::MIN_SHARE);
+        } else if run * 4 < self.capacity {
+            self.share = (self.share * 1.25).min(Pacer::MAX_SHARE);
         }
         self.last_full = Some(now);
+    }
+
+    /// The sink waited [`Pacer::pause`] before the run now starting.
+    fn paused(&mut self) {
+        self.paused = true;
     }
 
     /// How long to wait, once the queue has room, before refilling it.
@@ -658,23 +843,52 @@ mod libc_errno {
     pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
 }
 
-fn connect(path: &Path) -> io::Result<UnixDatagram> {
+fn open_socket() -> io::Result<UnixDatagram> {
     let socket = UnixDatagram::unbound()?;
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, SNDBUF);
-    socket.connect(path)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
-/// An entry too large for one datagram travels as a sealed memfd, exactly as
-/// sd_journal_sendv(3) does: journald reads the fd's contents as the entry.
-async fn send_memfd(socket: &UnixDatagram, entry: &[u8]) -> io::Result<()> {
-    use rustix::fs::{MemfdFlags, SealFlags};
+fn new_memfd() -> io::Result<std::fs::File> {
+    use rustix::fs::MemfdFlags;
     let fd = rustix::fs::memfd_create(
         "journal-entry",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )?;
-    let mut file = std::fs::File::from(fd);
+    Ok(std::fs::File::from(fd))
+}
+
+/// An entry too large for one datagram travels as a sealed memfd, exactly as
+/// sd_journal_sendv(3) does: journald reads the fd's contents as the entry. It uses the spare
+/// memfd made ahead of time, and makes the next spare afterwards; without a spare (out of
+/// descriptors) the error holds the entry, to be retried, whole.
+async fn send_memfd(
+    socket: &UnixDatagram,
+    spare: &mut Option<std::fs::File>,
+    entry: &[u8],
+) -> io::Result<()> {
+    let mut file = match spare.take() {
+        Some(file) => file,
+        None => new_memfd()?,
+    };
+    let result = fill_and_send(socket, &mut file, entry).await;
+    if result.is_err() && file.metadata().is_ok_and(|m| m.len() == 0) {
+        // Not written to: still good for the next try.
+        *spare = Some(file);
+    } else {
+        drop(file);
+        *spare = new_memfd().ok();
+    }
+    result
+}
+
+async fn fill_and_send(
+    socket: &UnixDatagram,
+    file: &mut std::fs::File,
+    entry: &[u8],
+) -> io::Result<()> {
+    use rustix::fs::SealFlags;
     file.write_all(entry)?;
     rustix::fs::fcntl_add_seals(
         &file,
@@ -886,6 +1100,9 @@ mod tests {
     fn pacer_after(capacity: usize, rate: f64, wakes: u32) -> (Pacer, Instant) {
         let mut pacer = Pacer::default();
         let mut now = Instant::now();
+        // Found full once; then a refill of the whole queue, drained at `rate`.
+        pacer.full(now);
+        now += Duration::from_secs_f64(capacity as f64 / rate);
         pacer.sent(capacity);
         pacer.full(now);
         for _ in 0..wakes {
@@ -898,7 +1115,9 @@ mod tests {
 
     #[test]
     fn no_pause_until_the_drain_rate_is_known() {
-        let (pacer, _) = pacer_after(512, 50_000.0, 0);
+        let mut pacer = Pacer::default();
+        pacer.sent(512);
+        pacer.full(Instant::now());
         assert_eq!(pacer.pause(), None);
     }
 
@@ -920,13 +1139,50 @@ mod tests {
     fn a_run_that_nearly_emptied_the_queue_shortens_the_pause() {
         let (mut pacer, now) = pacer_after(512, 50_000.0, 20);
         pacer.sent(500);
-        pacer.full(now + Pacer::MAX_PAUSE);
+        pacer.full(now + Duration::from_millis(10));
         // A quarter of 512 at 50k/s is 2.56 ms, less the timer's slack.
         let pause = pacer.pause().unwrap();
         assert!(
             pause > Duration::from_micros(1400) && pause < Duration::from_micros(1700),
             "{pause:?}"
         );
+        // 500 entries drained in 4 ms: journald is faster than thought (125k/s at least), and
+        // a quarter of the queue drains in 1 ms: no pause.
+        pacer.sent(500);
+        pacer.full(now + Duration::from_millis(14));
+        assert_eq!(pacer.pause(), None);
+    }
+
+    #[test]
+    fn a_stall_before_the_rate_is_known_is_forgotten_at_the_next_run() {
+        // The kernel's 10 slots (a first run of 30 from an idle sink overstates them);
+        // journald stops right after, for a second, and takes 8 entries when it wakes.
+        let mut pacer = Pacer::default();
+        let mut now = Instant::now();
+        pacer.sent(30);
+        pacer.full(now);
+        now += Duration::from_secs(1);
+        pacer.sent(8);
+        pacer.full(now);
+        assert_eq!(pacer.pause(), Some(Pacer::MAX_PAUSE), "8 entries/s");
+        // journald is back and drains the 10 entries in 0.2 ms: each refill after a pause is
+        // the whole queue. Within a few pauses there are none: the sink refills at each
+        // wake-up, as a small queue needs (the old pacer stayed at 4 ms per 10 entries).
+        let mut pauses = 0;
+        while let Some(pause) = pacer.pause() {
+            pauses += 1;
+            assert!(pauses <= 5, "still pausing {pause:?}: {pacer:?}");
+            now += pause + Duration::from_micros(50);
+            pacer.paused();
+            pacer.sent(10);
+            pacer.full(now);
+        }
+        for _ in 0..100 {
+            now += Duration::from_micros(200);
+            pacer.sent(10);
+            pacer.full(now);
+            assert_eq!(pacer.pause(), None, "{pacer:?}");
+        }
     }
 
     #[test]

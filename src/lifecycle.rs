@@ -33,6 +33,8 @@ pub struct Control {
     pub watchdog: Option<Duration>,
     /// Applies `service.log_level` on reload.
     pub log: Option<LogHandle>,
+    /// Where each reload's outcome is written for `app reload` to wait on.
+    pub reload_status: Option<ReloadStatus>,
 }
 
 impl Control {
@@ -45,6 +47,7 @@ impl Control {
             notifier: Notifier::disabled(),
             watchdog: None,
             log: None,
+            reload_status: None,
         }
     }
 }
@@ -77,6 +80,12 @@ impl Watchdog {
         Watchdog { hearts, seen }
     }
 
+    /// True once every accept loop has run at least once: before that, a check would only
+    /// measure how long the runtime took to poll them the first time.
+    pub fn started(&self) -> bool {
+        self.hearts.iter().all(|h| h.0.load(Ordering::Relaxed) > 0)
+    }
+
     /// True when every accept loop made progress since the previous call.
     pub fn all_alive(&mut self) -> bool {
         let mut alive = true;
@@ -104,7 +113,7 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     /// Runs until shutdown; cancels it itself when the idle timeout expires.
-    pub async fn run(mut self) {
+    pub async fn run(&mut self) {
         let shutdown = self.control.shutdown.clone();
         let mut reload = self.control.reload.take();
         let mut tick = tokio::time::interval(TICK);
@@ -119,11 +128,19 @@ impl Supervisor {
         let mut idle = IdleClock::new(&self.stats);
         let mut heap = HeapTrim::default();
         let mut watchdog_failing = false;
+        let started = Instant::now();
+        let mut reloads = 0u64;
+        if let Some(file) = &self.control.reload_status {
+            file.write(0, ReloadState::Done(Ok(())));
+        }
 
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                Some(()) = recv(&mut reload) => self.reload(),
+                Some(()) = recv(&mut reload) => {
+                    reloads += 1;
+                    self.reload(reloads);
+                }
                 _ = tick.tick() => {
                     self.report_suppressed();
                     refusals.report(&self.stats, &self.settings.borrow());
@@ -140,7 +157,12 @@ impl Supervisor {
                     }
                 }
                 _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
-                    if self.watchdog.all_alive() {
+                    let every = watchdog_every.unwrap_or_default();
+                    if !self.watchdog.started() && started.elapsed() < every {
+                        // The accept loops have not run yet: look again in a moment rather
+                        // than a false alarm now and the first ping half an interval late.
+                        watchdog_tick.reset_after(Duration::from_millis(5));
+                    } else if self.watchdog.all_alive() {
                         self.control.notifier.watchdog();
                         watchdog_failing = false;
                     } else if !watchdog_failing {
@@ -156,16 +178,8 @@ impl Supervisor {
     /// waits on the journal: a report that finds the queue full waits for a later tick, so a
     /// stalled journal cannot stop the watchdog pings.
     fn report_suppressed(&mut self) {
-        let (interval, identifier) = {
-            let s = self.settings.borrow();
-            (s.limits.rate_limit_interval, s.journal.identifier.clone())
-        };
-        for report in self.limiter.take_reports(interval, Instant::now()) {
-            let message = format!("suppressed {} messages from {}", report.dropped, report.key);
-            let about = report.key.to_string();
-            let batch = journal::notice(self.sink.target(), &identifier, 4, &message, &about);
-            self.reports.push_back(batch);
-        }
+        let interval = self.settings.borrow().limits.rate_limit_interval;
+        self.queue_reports(interval);
         while let Some(batch) = self.reports.pop_front() {
             if let Err(batch) = self.sink.try_send(batch) {
                 self.reports.push_front(batch);
@@ -174,15 +188,44 @@ impl Supervisor {
         }
     }
 
-    fn reload(&mut self) {
+    /// Hands every pending suppression report to the sink now, windows still open included,
+    /// waiting for room in its queue: at stop, at idle exit, and before a handover of the
+    /// sockets to a new process (whose limiter starts empty), so that no count is lost.
+    pub(crate) async fn write_pending_reports(&mut self) {
+        self.queue_reports(Duration::ZERO);
+        while let Some(batch) = self.reports.pop_front() {
+            self.sink.send(batch).await;
+        }
+    }
+
+    /// Turns the reports of windows older than `interval` into entries queued in `reports`.
+    fn queue_reports(&mut self, interval: Duration) {
+        let identifier = self.settings.borrow().journal.identifier.clone();
+        for report in self.limiter.take_reports(interval, Instant::now()) {
+            let message = format!("suppressed {} messages from {}", report.dropped, report.key);
+            let about = report.key.to_string();
+            let batch = journal::notice(self.sink.target(), &identifier, 4, &message, &about);
+            self.reports.push_back(batch);
+        }
+    }
+
+    /// Reload number `seq`: its outcome goes to the log, `STATUS=` and the reload status file.
+    fn reload(&mut self, seq: u64) {
         let notifier = &self.control.notifier;
         notifier.reloading();
+        let status = self.control.reload_status.as_ref();
+        if let Some(file) = status {
+            file.write(seq, ReloadState::Reloading);
+        }
         let Some(reloader) = self.control.reloader.as_mut() else {
             tracing::warn!("reload requested, but this server has no configuration source");
+            if let Some(file) = status {
+                file.write(seq, ReloadState::Done(Ok(())));
+            }
             notifier.ready();
             return;
         };
-        match reloader() {
+        let outcome = match reloader() {
             Ok(new) => {
                 let old = self.settings.borrow().clone();
                 let applied = apply_live(&old, new);
@@ -194,11 +237,16 @@ impl Supervisor {
                 }
                 self.settings.send_replace(Arc::new(applied));
                 tracing::info!("configuration reloaded");
+                Ok(())
             }
             Err(e) => {
                 tracing::error!("reload failed, keeping the running configuration: {e}");
                 notifier.status(&format!("reload failed: {e}"));
+                Err(e.to_string())
             }
+        };
+        if let Some(file) = status {
+            file.write(seq, ReloadState::Done(outcome));
         }
         notifier.ready();
     }
@@ -367,6 +415,118 @@ impl IdleClock {
     }
 }
 
+/// The outcome of a reload, as the reload status file says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadState {
+    Reloading,
+    Done(Result<(), String>),
+}
+
+/// The reload status file: one line, `PID SEQ ok`, `PID SEQ reloading` or
+/// `PID SEQ failed: REASON`, rewritten in place at each reload. `app reload` (systemd's
+/// `ExecReload=`) signals the daemon and waits here for a reload that started after its signal.
+///
+/// Why a file: systemd 252 has no `Type=notify-reload`, and the command cannot read what the
+/// daemon sends to the notify socket. The file lives in `$RUNTIME_DIRECTORY` (`/run/app`, from
+/// `RuntimeDirectory=`): writable by the daemon under `ProtectSystem=strict`, readable by the
+/// command, which runs as the same user in the same sandbox; nothing else to set up. It is
+/// opened once at start, so a reload out of descriptors still reports its (failed) outcome.
+#[derive(Debug)]
+pub struct ReloadStatus {
+    file: std::fs::File,
+}
+
+/// The file's name in the runtime directory.
+pub const RELOAD_STATUS_FILE: &str = "reload-status";
+
+impl ReloadStatus {
+    /// Creates (or takes over) the status file in `dir`.
+    pub fn create(dir: &std::path::Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(dir.join(RELOAD_STATUS_FILE))?;
+        Ok(ReloadStatus { file })
+    }
+
+    fn write(&self, seq: u64, state: ReloadState) {
+        let pid = std::process::id();
+        let line = match state {
+            ReloadState::Reloading => format!("{pid} {seq} reloading\n"),
+            ReloadState::Done(Ok(())) => format!("{pid} {seq} ok\n"),
+            ReloadState::Done(Err(why)) => {
+                format!("{pid} {seq} failed: {}\n", crate::notify::one_line(&why))
+            }
+        };
+        // One pwrite, then the length: a reader that sees a longer old tail finds two lines
+        // and reads again.
+        let result = rustix::io::pwrite(&self.file, line.as_bytes(), 0)
+            .and_then(|_| rustix::fs::ftruncate(&self.file, line.len() as u64));
+        if let Err(e) = result {
+            tracing::warn!("writing the reload status: {e}");
+        }
+    }
+}
+
+/// Parses the status file: `(pid, seq, state)`, or `None` if it is not one complete line.
+fn parse_reload_status(text: &str) -> Option<(u32, u64, ReloadState)> {
+    let line = text.strip_suffix('\n').filter(|l| !l.contains('\n'))?;
+    let mut parts = line.splitn(3, ' ');
+    let pid = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let state = match parts.next()? {
+        "reloading" => ReloadState::Reloading,
+        "ok" => ReloadState::Done(Ok(())),
+        rest => ReloadState::Done(Err(rest.strip_prefix("failed: ")?.to_owned())),
+    };
+    Some((pid, seq, state))
+}
+
+/// `app reload`: sends SIGHUP to `pid` and waits, up to `timeout`, for the outcome of a reload
+/// that started after the signal, read from the status file in `dir`. `Err` says why the
+/// configuration was rejected, or why there is no answer.
+pub fn reload_and_wait(pid: i32, dir: &std::path::Path, timeout: Duration) -> Result<(), String> {
+    let path = dir.join(RELOAD_STATUS_FILE);
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| parse_reload_status(&t))
+            .filter(|(p, _, _)| *p as i32 == pid)
+    };
+    // A reload under way when we look may have read the configuration before the change we
+    // are asked to apply: wait for a later one. SIGHUPs that arrive during a reload fold into
+    // one more reload, so there is always a later one.
+    let after = read().map_or(0, |(_, seq, _)| seq);
+    let target = rustix::process::Pid::from_raw(pid).ok_or("invalid pid")?;
+    rustix::process::kill_process(target, rustix::process::Signal::HUP)
+        .map_err(|e| format!("signalling pid {pid}: {e}"))?;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((_, seq, ReloadState::Done(outcome))) = read()
+            && seq > after
+        {
+            return outcome.map_err(|why| format!("the new configuration was rejected: {why}"));
+        }
+        if rustix::process::test_kill_process(target).is_err() {
+            return Err(format!("pid {pid} exited during the reload"));
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "no reload outcome from pid {pid} in {} after {} (is {} its runtime directory?)",
+                path.display(),
+                humantime::format_duration(timeout),
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +546,38 @@ mod tests {
         assert!(!heap.tick(&stats, at(1000)), "busy again");
         assert!(!heap.tick(&stats, at(1250)), "too soon after the last trim");
         assert!(heap.tick(&stats, at(5600)), "the burst's memory, later");
+    }
+
+    #[test]
+    fn reload_status_lines_parse_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = ReloadStatus::create(dir.path()).unwrap();
+        let read = || {
+            parse_reload_status(
+                &std::fs::read_to_string(dir.path().join(RELOAD_STATUS_FILE)).unwrap(),
+            )
+        };
+        let pid = std::process::id();
+        status.write(3, ReloadState::Done(Err("bad\nMAINPID=1".into())));
+        assert_eq!(
+            read(),
+            Some((pid, 3, ReloadState::Done(Err("bad MAINPID=1".into()))))
+        );
+        status.write(4, ReloadState::Reloading);
+        assert_eq!(read(), Some((pid, 4, ReloadState::Reloading)));
+        status.write(4, ReloadState::Done(Ok(())));
+        assert_eq!(read(), Some((pid, 4, ReloadState::Done(Ok(())))));
+        assert_eq!(parse_reload_status("1 2 ok\n3 4 ok\n"), None, "torn");
+        assert_eq!(parse_reload_status("1 2 o"), None, "short");
+    }
+
+    #[test]
+    fn watchdog_waits_for_the_first_beat() {
+        let a = Arc::new(Heartbeat::default());
+        let w = Watchdog::new(vec![a.clone()]);
+        assert!(!w.started());
+        a.beat();
+        assert!(w.started());
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Serve(ref args) => serve(&cli, args),
         Command::CheckConfig(ref args) => check_config(&cli, args),
         Command::Send(ref args) => send(&cli, args),
+        Command::Reload(ref args) => reload(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +119,17 @@ fn send(cli: &Cli, args: &app::cli::SendArgs) -> anyhow::Result<()> {
     )
 }
 
+fn reload(args: &app::cli::ReloadArgs) -> anyhow::Result<()> {
+    // RUNTIME_DIRECTORY may list several directories; ours is the first.
+    let dir = args
+        .runtime_directory
+        .to_str()
+        .and_then(|s| s.split(':').next())
+        .map_or(args.runtime_directory.clone(), std::path::PathBuf::from);
+    app::lifecycle::reload_and_wait(args.pid, &dir, args.timeout)
+        .map_err(|why| anyhow::anyhow!("reload of pid {}: {why}", args.pid))
+}
+
 fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // Before anything else, so that an early SIGTERM waits for its handler.
     shutdown::hold_signals();
@@ -127,6 +139,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // runtime after that. `tests/it/logging.rs` checks the order with strace.
     let inputs = ConfigInputs::new(cli, args);
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
+    let runtime_directory = std::env::var_os("RUNTIME_DIRECTORY");
     // SAFETY: single-threaded so far: no logging thread, no runtime, no other thread.
     let notifier = unsafe { Notifier::from_env() };
     // SAFETY: as above.
@@ -140,6 +153,20 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
         server::raise_fd_limit(settings.limits.max_connections.get());
         anyhow::Ok((settings, log, listeners))
     })();
+    // Where `app reload` reads each reload's outcome: opened now, so that a reload out of
+    // descriptors can still say it failed.
+    let reload_status = runtime_directory.and_then(|dirs| {
+        let first = dirs.to_str()?.split(':').next()?.to_owned();
+        match app::lifecycle::ReloadStatus::create(std::path::Path::new(&first)) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(
+                    "{first}: cannot write the reload status (app reload will wait in vain): {e}"
+                );
+                None
+            }
+        }
+    });
     let (settings, log, listeners) = match result {
         Ok(parts) => parts,
         Err(e) => {
@@ -150,10 +177,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
                     EXIT_FAILURE => 5, // EIO
                     _ => 22,           // EINVAL
                 });
-            notifier.send_logged(&format!(
-                "STATUS=failed to start: {}\nERRNO={errno}",
-                chain(&e)
-            ));
+            notifier.failed(&chain(&e), errno);
             return Err(e);
         }
     };
@@ -175,6 +199,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             notifier,
             watchdog,
             log: Some(log),
+            reload_status,
         };
         server::run(listeners, settings, control).await?;
         anyhow::Ok(())

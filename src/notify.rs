@@ -1,17 +1,69 @@
 //! sd_notify(3): telling systemd we are ready, reloading or stopping.
 //!
 //! Written against the protocol rather than through `sd_notify::notify`, because that function
-//! rejects an abstract-namespace `NOTIFY_SOCKET` (`@name`), which systemd may hand out.
+//! rejects an abstract-namespace `NOTIFY_SOCKET` (`@name`), which systemd may hand out, and
+//! opens a socket per call: out of descriptors, `WATCHDOG=1` would fail. Here the socket is
+//! opened once, at start, and every notification is a `sendto` on it.
 
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
 
 /// Sends state changes to the service manager; a no-op when `NOTIFY_SOCKET` was unset.
 #[derive(Debug, Clone, Default)]
 pub struct Notifier {
-    socket: Option<OsString>,
+    target: Option<Arc<Target>>,
+}
+
+/// Where notifications go, and the one socket they go through.
+#[derive(Debug)]
+struct Target {
+    path: OsString,
+    /// An error if it could not be opened at start (then every send says why).
+    socket: io::Result<(UnixDatagram, SocketAddr)>,
+}
+
+impl Target {
+    fn open(path: OsString) -> Self {
+        let socket = (|| {
+            let bytes = path.as_bytes();
+            let addr = match bytes.strip_prefix(b"@") {
+                Some(name) => {
+                    use std::os::linux::net::SocketAddrExt;
+                    SocketAddr::from_abstract_name(name)?
+                }
+                None => SocketAddr::from_pathname(std::path::Path::new(&path))?,
+            };
+            Ok((UnixDatagram::unbound()?, addr))
+        })();
+        Target { path, socket }
+    }
+}
+
+/// `text` as one line of printable text, fit for `STATUS=`: anything that could end the
+/// assignment or add another (a newline in a TOML error, in a key of the configuration) becomes
+/// a space, runs of blanks fold into one, and the text is cut at 1 KiB.
+pub fn one_line(text: &str) -> String {
+    const MAX: usize = 1024;
+    let mut out = String::with_capacity(text.len().min(MAX));
+    for c in text.chars() {
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+            continue;
+        }
+        if out.len() + c.len_utf8() > MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out.truncate(out.trim_end().len());
+    out
 }
 
 impl Notifier {
@@ -23,18 +75,20 @@ impl Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty());
         // SAFETY: forwarded to the caller.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        Notifier { socket }
+        Notifier {
+            target: socket.map(|path| Arc::new(Target::open(path))),
+        }
     }
 
     /// A notifier that says nothing (not under systemd, or in tests).
     pub fn disabled() -> Self {
-        Notifier { socket: None }
+        Notifier { target: None }
     }
 
     /// For tests and embedding: notify the socket at `path` (`@name` for the abstract namespace).
     pub fn to_socket(path: impl Into<OsString>) -> Self {
         Notifier {
-            socket: Some(path.into()),
+            target: Some(Arc::new(Target::open(path.into()))),
         }
     }
 
@@ -50,8 +104,32 @@ impl Notifier {
         self.send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 
+    /// `STATUS=text`, made one line of printable text first ([`one_line`]).
     pub fn status(&self, text: &str) {
-        self.send_logged(&format!("STATUS={text}"));
+        self.send_logged(&format!("STATUS={}", one_line(text)));
+    }
+
+    /// A start that failed: `STATUS=` with the reason (one line) and `ERRNO=`.
+    pub fn failed(&self, reason: &str, errno: i32) {
+        self.send_logged(&format!(
+            "STATUS=failed to start: {}\nERRNO={errno}",
+            one_line(reason)
+        ));
+    }
+
+    /// `READY=1` with a `STATUS=` line.
+    pub fn ready_with_status(&self, text: &str) {
+        self.send_logged(&format!("READY=1\nSTATUS={}", one_line(text)));
+    }
+
+    /// `STOPPING=1` with a `STATUS=` line.
+    pub fn stopping(&self, text: &str) {
+        self.send_logged(&format!("STOPPING=1\nSTATUS={}", one_line(text)));
+    }
+
+    /// Asks systemd for `usec` more from now to finish the current start, reload or stop.
+    pub fn extend_timeout(&self, by: std::time::Duration) {
+        self.send_logged(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()));
     }
 
     pub fn watchdog(&self) {
@@ -59,7 +137,7 @@ impl Notifier {
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.socket.is_some()
+        self.target.is_some()
     }
 
     /// Sends `state` (newline-separated `KEY=value` assignments). Failures are logged, never
@@ -70,21 +148,18 @@ impl Notifier {
         }
     }
 
+    /// Sends `state` as given: callers put untrusted text through [`one_line`] first.
     pub fn send(&self, state: &str) -> io::Result<()> {
-        let Some(path) = &self.socket else {
+        let Some(target) = &self.target else {
             return Ok(());
         };
-        let bytes = path.as_bytes();
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                SocketAddr::from_abstract_name(name)?
-            }
-            None => SocketAddr::from_pathname(std::path::Path::new(path))?,
-        };
-        let socket = UnixDatagram::unbound()?;
-        socket.send_to_addr(state.as_bytes(), &addr)?;
-        Ok(())
+        match &target.socket {
+            Ok((socket, addr)) => socket.send_to_addr(state.as_bytes(), addr).map(drop),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", target.path.to_string_lossy()),
+            )),
+        }
     }
 }
 
@@ -130,6 +205,16 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1");
+    }
+
+    #[test]
+    fn status_is_one_printable_line() {
+        assert_eq!(
+            one_line("bad\nMAINPID=1\r\n\tEXTEND_TIMEOUT_USEC=9\u{0}x  "),
+            "bad MAINPID=1 EXTEND_TIMEOUT_USEC=9 x"
+        );
+        assert_eq!(one_line("é ok"), "é ok");
+        assert_eq!(one_line(&"é".repeat(2000)).len(), 1024);
     }
 
     #[test]

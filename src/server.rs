@@ -214,9 +214,9 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     }
     accept_loops.close();
     let notifier = control.notifier.clone();
-    notifier.send_logged(&format!("READY=1\nSTATUS={}", stats.summary()));
+    notifier.ready_with_status(&stats.summary());
 
-    let supervisor = Supervisor {
+    let mut supervisor = Supervisor {
         settings: settings_tx,
         stats: stats.clone(),
         sink: ctx.sink.clone(),
@@ -237,9 +237,8 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         supervisor.run().await;
     }
 
-    notifier.send_logged(&format!("STOPPING=1\nSTATUS=stopping: {}", stats.summary()));
+    notifier.stopping(&format!("stopping: {}", stats.summary()));
     let timeout = ctx.settings.borrow().service.shutdown_timeout;
-    let started = tokio::time::Instant::now();
     shutdown.cancel();
     accept_loops.wait().await;
     // Not accepting any more: a client connecting from now on is refused, not left hanging.
@@ -249,27 +248,65 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         "shutting down: draining {} connections",
         stats.clients.load(Ordering::Relaxed)
     );
-    // Connections stop reading at their drain deadline, but one blocked on a stalled journal
-    // cannot finish: the whole stop is bounded by shutdown_timeout all the same.
-    let deadline = started + timeout;
-    if tokio::time::timeout_at(deadline, tracker.wait())
-        .await
-        .is_err()
-    {
+    // Connections stop reading at their drain deadline; then everything read is written,
+    // the pending suppression reports too, for as long as the journal keeps taking entries.
+    let counters = ctx.sink.counters().clone();
+    let drained = async {
+        tracker.wait().await;
+        supervisor.write_pending_reports().await;
+        drop(supervisor);
+        drop(ctx);
+        let _ = sink_task.await;
+    };
+    if !drain_while_delivering(drained, &counters, timeout, &notifier).await {
         tracing::error!(
-            "{} connections still waiting for the journal at service.shutdown_timeout; exiting anyway",
-            stats.clients.load(Ordering::Relaxed)
-        );
-    }
-    drop(ctx);
-    let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(100));
-    if tokio::time::timeout_at(deadline, sink_task).await.is_err() {
-        tracing::error!(
-            "the journal did not take the last messages within service.shutdown_timeout; exiting anyway"
+            "the journal took no message for {} (service.shutdown_timeout); exiting anyway: \
+             {} messages read from clients were not delivered",
+            humantime::format_duration(timeout),
+            counters.pending()
         );
     }
     tracing::info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+/// Runs `drain` to its end as long as the sink keeps delivering: it gives up only after
+/// `timeout` without a single entry delivered (journald stopped or gone), and returns false
+/// then. While entries flow past that, it asks systemd each second for `timeout` more
+/// (`EXTEND_TIMEOUT_USEC=`), so that only `TimeoutStopSec=` bounds a stop that is progressing.
+async fn drain_while_delivering(
+    drain: impl std::future::Future<Output = ()>,
+    counters: &journal::SinkCounters,
+    timeout: Duration,
+    notifier: &crate::notify::Notifier,
+) -> bool {
+    let mut drain = std::pin::pin!(drain);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = counters.delivered();
+    let mut progress_at = tokio::time::Instant::now();
+    // The timer may fire late; never give up before `timeout` has passed.
+    let give_up = |at: tokio::time::Instant| at + timeout;
+    loop {
+        tokio::select! {
+            () = &mut drain => return true,
+            () = tokio::time::sleep_until(give_up(progress_at)) => {
+                if counters.delivered() == seen {
+                    return false;
+                }
+                seen = counters.delivered();
+                progress_at = tokio::time::Instant::now();
+            }
+            _ = tick.tick() => {
+                let now = counters.delivered();
+                if now != seen {
+                    seen = now;
+                    progress_at = tokio::time::Instant::now();
+                    notifier.extend_timeout(timeout);
+                }
+            }
+        }
+    }
 }
 
 enum Incoming {
@@ -289,6 +326,7 @@ struct Accept {
 impl Accept {
     async fn run(self, listener: Incoming) {
         let mut backoff = Backoff::default();
+        let mut reserve = Reserve::open();
         let mut beat = tokio::time::interval(
             self.heartbeat
                 .as_ref()
@@ -316,6 +354,7 @@ impl Accept {
                             Accepted::Tcp(s) => self.tcp_connection(s),
                         }
                     }
+                    Err(e) if reserve.refuse_one(&e, &listener) => backoff.note(&e),
                     Err(e) => backoff.wait(&e).await,
                 },
             }
@@ -394,6 +433,44 @@ enum Accepted {
     Tcp(tokio::net::TcpStream),
 }
 
+/// A descriptor held in reserve for when there are none left (the nginx/HAProxy pattern): at
+/// EMFILE or ENFILE the accept loop closes it, accepts the waiting client, tells it why and
+/// closes it, then takes the reserve again. Clients beyond the limit get an answer at once,
+/// rather than waiting in the backlog, unanswered, while the connected ones are served.
+struct Reserve(Option<rustix::fd::OwnedFd>);
+
+impl Reserve {
+    fn open() -> Self {
+        use rustix::fs::{Mode, OFlags};
+        Reserve(rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok())
+    }
+
+    /// At descriptor exhaustion, refuses one waiting client with a reason; false if `e` is not
+    /// exhaustion or there was no reserve to spend.
+    fn refuse_one(&mut self, e: &io::Error, listener: &Incoming) -> bool {
+        let exhausted = matches!(
+            rustix::io::Errno::from_io_error(e),
+            Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+        );
+        if !exhausted {
+            return false;
+        }
+        if self.0.take().is_none() {
+            // Spent and not taken back: try again, for the next time.
+            *self = Reserve::open();
+            return false;
+        }
+        const WHY: &[u8] = b"app: too many open files\n";
+        match accept(listener).now_or_never() {
+            Some(Ok(Accepted::Unix(s))) => drop(s.try_write(WHY)),
+            Some(Ok(Accepted::Tcp(s))) => drop(s.try_write(WHY)),
+            _ => {}
+        }
+        *self = Reserve::open();
+        true
+    }
+}
+
 async fn accept(listener: &Incoming) -> io::Result<Accepted> {
     match listener {
         Incoming::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
@@ -437,6 +514,14 @@ impl Backoff {
         }
         self.delay = Duration::ZERO;
         self.failures = 0;
+    }
+
+    /// Counts a failure handled without waiting (a client refused from the reserve).
+    fn note(&mut self, e: &io::Error) {
+        if self.failures == 0 {
+            tracing::warn!("accept failed: {e}; refusing clients until descriptors are free");
+        }
+        self.failures += 1;
     }
 
     /// Logs the first failure of a burst only: EMFILE under load would otherwise flood the log.

@@ -204,6 +204,24 @@ step5() {
 }
 check "5. systemctl reload applies app.toml; status shows the STATUS line; watchdog armed (30s) and no restart after > 30 s" step5
 
+# 5b. `systemctl reload` returns once the new settings are in force (ExecReload=app reload), and
+# fails when they are rejected.
+step5b() {
+    local i
+    for i in 1 2 3; do
+        csh "sed -i 's/^identifier = .*\$/identifier = \"again$i\"/' /etc/app/app.toml" || return 1
+        c systemctl reload app.service || return 1
+        csh "echo right-after-reload-$i | socat - UNIX-CONNECT:/run/app.sock" || return 1
+        await "journalctl -u app.service -o json MESSAGE=right-after-reload-$i | grep -q '\"SYSLOG_IDENTIFIER\":\"again$i\"'" || return 1
+    done
+    csh "cp /etc/app/app.toml /root/app.toml.good && printf '[limits\n' >> /etc/app/app.toml" || return 1
+    c systemctl reload app.service && return 1
+    csh "cp /root/app.toml.good /etc/app/app.toml" || return 1
+    c systemctl reload app.service || return 1
+    [ "$(c systemctl is-active app.service)" = active ]
+}
+check "5b. systemctl reload then an immediate send sees the new journal.identifier (3 times); a rejected config fails the reload" step5b
+
 # 6. stop while streaming, start again, kill -9
 step6() {
     csh '(for j in $(seq 3000); do echo "stream l$j"; done; sleep 3) | socat - UNIX-CONNECT:/run/app.sock' &

@@ -255,14 +255,20 @@ fn stop_mid_stream(signal: Signal, name: &str) {
     let status = daemon.wait_exit(10 * SEC);
     let took = signalled.elapsed();
     assert!(status.success(), "{status}: {}", daemon.stderr());
-    assert!(
-        took < Duration::from_secs(3),
-        "exit took {took:?}, shutdown_timeout is 3s"
-    );
     let msgs = notify.collect(Duration::from_millis(100));
     assert!(
         msgs.iter().any(|(_, m)| m.starts_with("STOPPING=1")),
         "{msgs:?}"
+    );
+    // Past shutdown_timeout only while journald still takes what was read, and then with
+    // systemd told (EXTEND_TIMEOUT_USEC=).
+    assert!(
+        took < Duration::from_secs(3)
+            || (took < Duration::from_secs(8)
+                && msgs
+                    .iter()
+                    .any(|(_, m)| m.starts_with("EXTEND_TIMEOUT_USEC="))),
+        "exit took {took:?}, shutdown_timeout is 3s: {msgs:?}"
     );
 
     let mut reply = String::new();
@@ -276,7 +282,11 @@ fn stop_mid_stream(signal: Signal, name: &str) {
     );
     assert!(
         results.iter().all(|r| r.1.is_empty()),
-        "clients that half-closed were fully read"
+        "clients that half-closed were fully read: {:?}",
+        results
+            .iter()
+            .filter(|r| !r.1.is_empty())
+            .collect::<Vec<_>>()
     );
     let entries = journald.wait_for(&id, total);
     assert_eq!(

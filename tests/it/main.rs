@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod protocol;
+mod sink;
 mod soak;
 mod socket;
 mod support;

@@ -153,13 +153,19 @@ fn journald_holder_process() {
 
 impl Journald {
     pub fn start() -> Journald {
+        Journald::start_with_qlen(512)
+    }
+
+    /// Like [`Journald::start`], with `net.unix.max_dgram_qlen` set to `qlen` in journald's
+    /// network namespace (10 is the kernel's default, outside systemd).
+    pub fn start_with_qlen(qlen: u32) -> Journald {
         require_root("a real journald");
         let script = r#"set -e
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/log/journal 2>/dev/null || { mkdir -p /var/log/journal && mount -t tmpfs tmpfs /var/log/journal; }
 mkdir -p /run/systemd/journald.conf.d
 printf '%s' "$JOURNALD_CONF" > /run/systemd/journald.conf.d/test.conf
-echo 512 > /proc/sys/net/unix/max_dgram_qlen
+echo "$QLEN" > /proc/sys/net/unix/max_dgram_qlen
 exec /lib/systemd/systemd-journald"#;
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--net", "--"])
@@ -167,6 +173,7 @@ exec /lib/systemd/systemd-journald"#;
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("JOURNALD_CONF", JOURNALD_CONF)
+            .env("QLEN", qlen.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
