@@ -45,6 +45,26 @@ impl Stream {
         }
     }
 
+    /// Whether the client has closed its end (it may still have unread data queued). Asked
+    /// without reading, of a connection that is not being read.
+    fn hung_up(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, poll};
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+    }
+
     /// Best-effort, never-blocking write of a short notice: a client that does not read must not
     /// hold the daemon up.
     pub fn notify(&self, text: &str) {
@@ -102,7 +122,12 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         conn.refresh(&mut settings_rx, &mut settings);
         // A client that has spent its rate-limit budget is not read until its window ends:
         // its writes block in the kernel, which is the backpressure it asked for.
-        let paused_until = conn.paused_until(&settings);
+        let mut paused_until = conn.paused_until(&settings);
+        // ...unless it has hung up: then what it left in its socket is read now, and what is
+        // over the budget is dropped and counted, so that it is not kept waiting for the close.
+        if paused_until.is_some() && stream.hung_up() {
+            paused_until = None;
+        }
         let flush_after = settings.protocol.flush_after;
         // The timer runs only while we wait for the client: time spent waiting for the
         // journal (backpressure) or for the rate-limit window is not the client being quiet,
@@ -110,10 +135,9 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         let flush_at =
             (paused_until.is_none() && conn.framer.has_pending() && !flush_after.is_zero())
                 .then(|| Instant::now() + flush_after);
-        let wake_at = [flush_at, drain_until, paused_until]
-            .into_iter()
-            .flatten()
-            .min();
+        // A paused client is looked at again now and then, in case it hangs up meanwhile.
+        let recheck = paused_until.map(|until| until.min(Instant::now() + HANGUP_CHECK));
+        let wake_at = [flush_at, drain_until, recheck].into_iter().flatten().min();
 
         tokio::select! {
             ready = stream.readable(), if paused_until.is_none() => {
@@ -184,7 +208,7 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                     if drain_until.is_none() && ctx.shutdown.is_cancelled() {
                         break;
                     }
-                    if conn.paused_until(&settings).is_some() {
+                    if conn.paused_until(&settings).is_some() && !stream.hung_up() {
                         break;
                     }
                 }
@@ -199,6 +223,9 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         }
     }
 }
+
+/// How often a rate-limited connection, not being read, is checked for a hang-up.
+const HANGUP_CHECK: Duration = Duration::from_millis(250);
 
 /// How long a connection keeps reading after shutdown starts: most of `shutdown_timeout`,
 /// leaving the rest for the sink to write what was read.
