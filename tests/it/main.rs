@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod config;
 mod hostile;
+mod json;
 mod lifecycle;
 mod limits;
 mod logging;
