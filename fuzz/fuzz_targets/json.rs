@@ -36,8 +36,18 @@ fn value(data: &mut &[u8], depth: usize) -> Value {
 
 fn object(data: &mut &[u8], n: usize, depth: usize) -> Map<String, Value> {
     const KEYS: [&str; 12] = [
-        "msg", "message", "level", "severity", "name", "client_pid", "_PID", "socket", "a.b",
-        "9x", "http", "",
+        "msg",
+        "message",
+        "level",
+        "severity",
+        "name",
+        "client_pid",
+        "_PID",
+        "socket",
+        "a.b",
+        "9x",
+        "http",
+        "",
     ];
     let mut m = Map::new();
     for _ in 0..n {
@@ -117,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
 
     for entry in batch.entries() {
         let fields = parse_native(entry).expect("the entry parses back");
-        let all = |k: &str| fields.iter().filter(move |f| f.0 == k).map(|f| &f.1[..]);
+        let all = |k: &'static str| fields.iter().filter(move |f| f.0 == k).map(|f| &f.1[..]);
         assert!(
             fields.len() <= settings.protocol.json_max_fields + 16,
             "{} fields",
