@@ -431,27 +431,39 @@ pub fn encode(
         }
     };
     // A JSON object becomes fields (README "Structured lines"); only a whole line can be one:
-    // the pieces of a cut line are text. Out of line, so that plain lines pay one comparison.
-    if !m.continuation
+    // the pieces of a cut line are text. Parsed out of line, and `encoder.encode` has this one
+    // call site (so it stays inlined): a plain line pays the `{` check.
+    let json = if !m.continuation
         && matches!(m.line_break, LineBreak::Newline | LineBreak::Eof)
         && settings.protocol.json == JsonMode::Auto
         && json::looks_like_object(text)
-        && encode_json(
-            text,
-            prefixed,
-            header,
-            m.line_break,
-            (&mut line.priority, line.facility),
-            encoder,
-            settings,
-            batch,
-        )
     {
-        return;
+        map_json(text, prefixed, header, settings)
+    } else {
+        None
+    };
+    let (mut message, mut header) = (text, header);
+    let journal = encoder.target() == Target::Journal;
+    if let Some(j) = &json {
+        if let Some(p) = j.priority {
+            line.priority = p;
+        }
+        if let Some(id) = &j.identifier {
+            header = Some(syslog::Header {
+                identifier: Some(id),
+                ..header.unwrap_or_default()
+            });
+        }
+        // The stdout sink prints the line as sent: its keys are in it.
+        if let Some(msg) = &j.message
+            && journal
+        {
+            message = msg;
+        }
     }
     encoder.encode(
         &Record {
-            message: text,
+            message,
             priority: line.priority,
             facility: line.facility,
             line_break: m.line_break,
@@ -460,61 +472,30 @@ pub fn encode(
         },
         batch,
     );
+    if let Some(j) = &json
+        && journal
+    {
+        batch.extend_last(&j.fields);
+    }
 }
 
-/// Encodes `text` as a JSON object's entry; false, encoding nothing, if it is not one.
+/// A JSON object's fields, or `None` if `text` is not one.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn encode_json(
+fn map_json(
     text: &[u8],
     prefixed: bool,
     header: Option<syslog::Header<'_>>,
-    line_break: LineBreak,
-    (priority, facility): (&mut u8, Option<u8>),
-    encoder: &Encoder,
     settings: &Settings,
-    batch: &mut Batch,
-) -> bool {
-    let options = json::Options {
-        max_fields: settings.protocol.json_max_fields,
-        priority: !prefixed,
-        identifier: settings.protocol.json_identifier
-            && header.and_then(|h| h.identifier).is_none(),
-    };
-    let Some(j) = json::map(text, options) else {
-        return false;
-    };
-    if let Some(p) = j.priority {
-        *priority = p;
-    }
-    let header = match &j.identifier {
-        Some(id) => Some(syslog::Header {
-            identifier: Some(id),
-            ..header.unwrap_or_default()
-        }),
-        None => header,
-    };
-    // The stdout sink prints the line as sent: its keys are in it.
-    let journal = encoder.target() == Target::Journal;
-    let message = match &j.message {
-        Some(msg) if journal => msg,
-        _ => text,
-    };
-    encoder.encode(
-        &Record {
-            message,
-            priority: *priority,
-            facility,
-            line_break,
-            identifier: &settings.journal.identifier,
-            header,
+) -> Option<json::Mapped> {
+    json::map(
+        text,
+        json::Options {
+            max_fields: settings.protocol.json_max_fields,
+            priority: !prefixed,
+            identifier: settings.protocol.json_identifier
+                && header.and_then(|h| h.identifier).is_none(),
         },
-        batch,
-    );
-    if journal {
-        batch.extend_last(&j.fields);
-    }
-    true
+    )
 }
 
 /// A client may not take the daemon's own identifier: a tag equal to it is dropped, and the
