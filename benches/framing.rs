@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Prints nanoseconds and heap allocations per line for plain text, `<N>`-prefixed text and
-//! logger(1)'s RFC 3164 and RFC 5424 lines. A counting global allocator does the counting.
+//! logger(1)'s RFC 3164 and RFC 5424 lines, and a pino-like JSON line (8 keys, one of them a
+//! nested object) that becomes fields (`protocol::json`). A counting global allocator does the counting.
 //! No root needed. Timings on a shared machine wander; for figures that do not, count
 //! instructions: `FRAMING_ONLY=plain FRAMING_RUNS=1 valgrind --tool=callgrind
 //! --toggle-collect='*framing::run*' target/release/deps/framing-*` and divide by the lines.
@@ -64,7 +65,7 @@ fn main() {
     println!("{LINES} lines of about 100 bytes each, median of {runs} runs:");
     println!("| input | ns/line | allocations/line |");
     println!("|---|---:|---:|");
-    let kinds: [(&str, LineMaker); 4] = [
+    let kinds: [(&str, LineMaker); 5] = [
         ("plain text", |i| format!("c000 s{i:08} {}", FILL)),
         ("`<N>` prefix", |i| format!("<3>c000 s{i:08} {}", FILL)),
         ("logger(1), RFC 3164", |i| {
@@ -77,6 +78,11 @@ fn main() {
             format!(
                 "<13>1 2026-11-25T23:38:36.123456+00:00 myhost mytag 4242 ID42 - s{i:08} {}",
                 &FILL[..30]
+            )
+        }),
+        ("pino JSON, 8 keys", |i| {
+            format!(
+                r#"{{"level":30,"time":1764110316123,"pid":4242,"hostname":"myhost","name":"billing","reqId":"s{i:08}","http":{{"method":"GET","status":200}},"msg":"request done"}}"#
             )
         }),
     ];

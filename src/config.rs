@@ -62,6 +62,9 @@ struct RawJournal {
 #[serde(deny_unknown_fields, default)]
 struct RawProtocol {
     flush_after: Option<String>,
+    json: Option<String>,
+    json_max_fields: Option<usize>,
+    json_identifier: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +106,20 @@ pub enum SinkKind {
     Stdout,
 }
 
+/// What to do with a line whose text is a JSON object (`protocol.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonMode {
+    /// Its keys become journal fields (README "Structured lines").
+    Auto,
+    /// It is plain text, like any other line.
+    Off,
+}
+
+/// Largest `protocol.json_max_fields`: journald ignores an entry of more than 1024 fields
+/// (ENTRY_FIELDS_MAX), and app and journald add a few dozen of their own.
+pub const MAX_JSON_FIELDS: usize = 512;
+
 /// Validated, effective settings. Serializes back to the file format for `app check-config`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
@@ -136,6 +153,11 @@ pub struct JournalSettings {
 pub struct ProtocolSettings {
     #[serde(with = "humantime_serde")]
     pub flush_after: Duration,
+    pub json: JsonMode,
+    /// Fields from one JSON object at most; the rest are kept in one `JSON_REST` field.
+    pub json_max_fields: usize,
+    /// SYSLOG_IDENTIFIER may come from a JSON line's `name`/`logger`.
+    pub json_identifier: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -449,6 +471,27 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
                 Duration::from_millis(500),
                 MAX_FLUSH_AFTER,
             )?,
+            json: match protocol.json.as_deref() {
+                None | Some("auto") => JsonMode::Auto,
+                Some("off") => JsonMode::Off,
+                Some(other) => {
+                    return Err(bad(
+                        "protocol.json",
+                        format!("{other:?} is not one of \"auto\", \"off\""),
+                    ));
+                }
+            },
+            json_max_fields: match protocol.json_max_fields {
+                None => 64,
+                Some(n) if n <= MAX_JSON_FIELDS => n,
+                Some(n) => {
+                    return Err(bad(
+                        "protocol.json_max_fields",
+                        format!("{n} is out of range 0..={MAX_JSON_FIELDS}"),
+                    ));
+                }
+            },
+            json_identifier: protocol.json_identifier.unwrap_or(false),
         },
         limits: Limits {
             max_line_bytes: NonZeroUsize::new(max_line_bytes).expect("checked above"),
@@ -641,6 +684,9 @@ mod tests {
         assert_eq!(s.journal.identifier, "app");
         assert_eq!(s.journal.default_priority, 6);
         assert_eq!(s.protocol.flush_after, Duration::from_millis(500));
+        assert_eq!(s.protocol.json, JsonMode::Auto);
+        assert_eq!(s.protocol.json_max_fields, 64);
+        assert!(!s.protocol.json_identifier);
         assert_eq!(s.limits.max_line_bytes.get(), 49152);
         assert_eq!(s.limits.max_connections.get(), 4096);
         assert_eq!(s.limits.max_connections_per_uid.get(), 1024);
@@ -770,6 +816,18 @@ mod tests {
             (
                 "[journal]\nsink = \"file\"\n",
                 "journal.sink: \"file\" is not one of",
+            ),
+            (
+                "[protocol]\njson = \"on\"\n",
+                "protocol.json: \"on\" is not one of \"auto\", \"off\"",
+            ),
+            (
+                "[protocol]\njson_max_fields = 513\n",
+                "protocol.json_max_fields: 513 is out of range 0..=512",
+            ),
+            (
+                "[protocol]\njson_identifier = \"maybe\"\n",
+                "protocol.json_identifier",
             ),
         ] {
             let e = err(load_with(Some(file), &[], Overrides::default()));
@@ -1009,6 +1067,6 @@ mod shipped_file {
         let defaults = load_from(ConfigFile::Default(dir.path().join("absent.toml")));
         assert_eq!(from_file, defaults);
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
-        assert_eq!(keys, 15, "every key but socket.group, once:\n{uncommented}");
+        assert_eq!(keys, 18, "every key but socket.group, once:\n{uncommented}");
     }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::Settings;
-use crate::journal::{self, Batch, Encoder, Peer, Record};
-use crate::protocol::{self, Framer, LineBreak, Message};
+use crate::config::{JsonMode, Settings};
+use crate::journal::{self, Batch, Encoder, Peer, Record, Target};
+use crate::protocol::{self, Framer, LineBreak, Message, json};
 use crate::ratelimit::{Admission, Key};
 use crate::server::Context;
 use crate::syslog;
@@ -422,9 +422,9 @@ impl<'a> Allowance<'a> {
     }
 }
 
-/// The per-message hot path: the `<N>` prefix, a syslog header if there is one, the entry.
-/// Allocates nothing itself on a whole line (`benches/framing.rs` counts); the first piece of a
-/// cut line copies its header into `line` for the pieces after it.
+/// The per-message hot path: the `<N>` prefix, a syslog header if there is one, a JSON object's
+/// fields, the entry. Allocates nothing itself on a whole plain line (`benches/framing.rs`
+/// counts); the first piece of a cut line copies its header into `line` for the pieces after it.
 pub fn encode(
     m: Message<'_>,
     line: &mut LineState,
@@ -432,10 +432,12 @@ pub fn encode(
     settings: &Settings,
     batch: &mut Batch,
 ) {
+    let mut prefixed = false;
     let (text, header) = if m.continuation {
         (m.bytes, line.has_header.then(|| line.header.get()))
     } else {
         let (prefix, text) = protocol::parse_prefix(m.bytes);
+        prefixed = prefix.is_some();
         (line.priority, line.facility) = match prefix {
             Some(p) => (p.priority, p.facility),
             None => (settings.journal.default_priority, None),
@@ -455,9 +457,40 @@ pub fn encode(
             None => (text, None),
         }
     };
+    // A JSON object becomes fields (README "Structured lines"); only a whole line can be one:
+    // the pieces of a cut line are text. Parsed out of line, and `encoder.encode` has this one
+    // call site (so it stays inlined): a plain line pays the `{` check.
+    let json = if !m.continuation
+        && matches!(m.line_break, LineBreak::Newline | LineBreak::Eof)
+        && settings.protocol.json == JsonMode::Auto
+        && json::looks_like_object(text)
+    {
+        map_json(text, prefixed, header, settings)
+    } else {
+        None
+    };
+    let (mut message, mut header) = (text, header);
+    let journal = encoder.target() == Target::Journal;
+    if let Some(j) = &json {
+        if let Some(p) = j.priority {
+            line.priority = p;
+        }
+        if let Some(id) = &j.identifier {
+            header = Some(syslog::Header {
+                identifier: Some(id),
+                ..header.unwrap_or_default()
+            });
+        }
+        // The stdout sink prints the line as sent: its keys are in it.
+        if let Some(msg) = &j.message
+            && journal
+        {
+            message = msg;
+        }
+    }
     encoder.encode(
         &Record {
-            message: text,
+            message,
             priority: line.priority,
             facility: line.facility,
             line_break: m.line_break,
@@ -466,6 +499,30 @@ pub fn encode(
         },
         batch,
     );
+    if let Some(j) = &json
+        && journal
+    {
+        batch.extend_last(&j.fields);
+    }
+}
+
+/// A JSON object's fields, or `None` if `text` is not one.
+#[inline(never)]
+fn map_json(
+    text: &[u8],
+    prefixed: bool,
+    header: Option<syslog::Header<'_>>,
+    settings: &Settings,
+) -> Option<json::Mapped> {
+    json::map(
+        text,
+        json::Options {
+            max_fields: settings.protocol.json_max_fields,
+            priority: !prefixed,
+            identifier: settings.protocol.json_identifier
+                && header.and_then(|h| h.identifier).is_none(),
+        },
+    )
 }
 
 /// A client may not take the daemon's own identifier: a tag equal to it is dropped, and the
@@ -504,7 +561,16 @@ mod tests {
         reads: &[&[u8]],
         pauses: &[usize],
     ) -> Vec<HashMap<String, Vec<u8>>> {
-        let settings = settings(max_line);
+        entries_in(&settings(max_line), reads, pauses)
+    }
+
+    /// [`entries`] with `settings`.
+    fn entries_in(
+        settings: &Settings,
+        reads: &[&[u8]],
+        pauses: &[usize],
+    ) -> Vec<HashMap<String, Vec<u8>>> {
+        let max_line = settings.limits.max_line_bytes.get();
         let peer = Peer::Unix {
             pid: Some(4242),
             uid: 1000,
@@ -512,22 +578,22 @@ mod tests {
         };
         let encoder = Encoder::new(Target::Journal, &peer, 1, None);
         let mut framer = Framer::new(max_line);
-        let mut line = LineState::new(&settings);
+        let mut line = LineState::new(settings);
         let mut batch = Batch::default();
         for (i, read) in reads.iter().enumerate() {
             framer.feed(read, &mut |m| {
-                encode(m, &mut line, &encoder, &settings, &mut batch);
+                encode(m, &mut line, &encoder, settings, &mut batch);
                 true
             });
             if pauses.contains(&i) {
                 framer.flush(LineBreak::Timeout, &mut |m| {
-                    encode(m, &mut line, &encoder, &settings, &mut batch);
+                    encode(m, &mut line, &encoder, settings, &mut batch);
                     true
                 });
             }
         }
         framer.flush(LineBreak::Eof, &mut |m| {
-            encode(m, &mut line, &encoder, &settings, &mut batch);
+            encode(m, &mut line, &encoder, settings, &mut batch);
             true
         });
         batch
@@ -604,5 +670,100 @@ mod tests {
                 assert_eq!(field(e, "SYSLOG_FACILITY"), "1");
             }
         }
+    }
+
+    /// Issue 17: a JSON-object line becomes fields, after a `<N>` prefix or a syslog header too.
+    #[test]
+    fn a_json_line_becomes_fields() {
+        let got = entries(
+            1000,
+            &[concat!(
+                r#"{"level":50,"msg":"boom","reqId":"r1","http":{"status":500},"client_pid":1,"socket":"x"}"#,
+                "\n",
+                r#"<5>{"level":"debug","msg":"prefix wins"}"#,
+                "\n",
+                r#"<13>Nov 25 21:57:27 mytag[7]: {"msg":"after a header","name":"n"}"#,
+                "\n",
+                r#"{"no_msg":true}"#,
+                "\n",
+                r#"{"broken":"#,
+                "\n",
+            )
+            .as_bytes()],
+            &[],
+        );
+        assert_eq!(got.len(), 5);
+        let e = &got[0];
+        assert_eq!(field(e, "MESSAGE"), "boom");
+        assert_eq!(field(e, "PRIORITY"), "3");
+        assert_eq!(field(e, "REQID"), "r1");
+        assert_eq!(field(e, "HTTP_STATUS"), "500");
+        // What app says about the sender cannot be overridden; the key is kept, renamed.
+        assert_eq!(field(e, "CLIENT_PID"), "4242");
+        assert_eq!(field(e, "JSON_CLIENT_PID"), "1");
+        assert_eq!(field(e, "JSON_SOCKET"), "x");
+        assert_eq!(field(e, "SOCKET"), "");
+        assert_eq!(field(e, "SYSLOG_IDENTIFIER"), "app");
+        assert_eq!(field(e, "LEVEL"), "");
+        let e = &got[1];
+        assert_eq!(
+            (field(e, "MESSAGE"), field(e, "PRIORITY"), field(e, "LEVEL")),
+            ("prefix wins", "5", "debug")
+        );
+        let e = &got[2];
+        assert_eq!(
+            (
+                field(e, "MESSAGE"),
+                field(e, "SYSLOG_IDENTIFIER"),
+                field(e, "SYSLOG_PID"),
+                field(e, "NAME")
+            ),
+            ("after a header", "mytag", "7", "n")
+        );
+        // No message key: the line as sent; not JSON: plain text.
+        assert_eq!(field(&got[3], "MESSAGE"), r#"{"no_msg":true}"#);
+        assert_eq!(field(&got[3], "NO_MSG"), "true");
+        assert_eq!(field(&got[4], "MESSAGE"), r#"{"broken":"#);
+        assert_eq!(got[4].len(), got[3].len() - 1, "{:?}", got[4]);
+    }
+
+    #[test]
+    fn json_identifier_and_json_off() {
+        let line: &[u8] = b"{\"name\":\"billing\",\"msg\":\"m\",\"level\":\"warn\"}\n\
+            {\"name\":\"app-daemon\",\"msg\":\"posing\"}\n";
+        let mut s = settings(1000);
+        s.protocol.json_identifier = true;
+        let got = entries_in(&s, &[line], &[]);
+        assert_eq!(field(&got[0], "SYSLOG_IDENTIFIER"), "billing");
+        assert_eq!(field(&got[0], "NAME"), "");
+        assert_eq!(field(&got[1], "SYSLOG_IDENTIFIER"), "app");
+        assert_eq!(field(&got[1], "NAME"), "app-daemon");
+        s.protocol.json = JsonMode::Off;
+        let got = entries_in(&s, &[line], &[]);
+        assert_eq!(
+            field(&got[0], "MESSAGE"),
+            r#"{"name":"billing","msg":"m","level":"warn"}"#
+        );
+        assert_eq!(field(&got[0], "PRIORITY"), "6");
+        assert_eq!(field(&got[0], "NAME"), "");
+    }
+
+    /// A JSON line cut at line-max or by a timeout is text: its pieces are not objects.
+    #[test]
+    fn a_cut_json_line_is_text() {
+        let line = br#"{"msg":"a long one","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+        let mut input = line.to_vec();
+        input.push(b'\n');
+        let got = entries(40, &[&input], &[]);
+        assert!(got.len() > 1);
+        let joined: Vec<u8> = got.iter().flat_map(|e| e["MESSAGE"].clone()).collect();
+        assert_eq!(joined, line);
+        assert!(got.iter().all(|e| !e.contains_key("PAD")));
+        // The same line, paused after its closing brace and then ended: the first piece is cut
+        // by the timeout, so it is text too.
+        let got = entries(1000, &[line, b"\n"], &[0]);
+        assert_eq!(field(&got[0], "MESSAGE").as_bytes(), line);
+        assert_eq!(field(&got[0], "LINE_BREAK"), "timeout");
+        assert!(!got[0].contains_key("PAD"));
     }
 }

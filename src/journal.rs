@@ -109,6 +109,14 @@ impl Batch {
         self.data.len() >= BATCH_BYTES
     }
 
+    /// Appends native-format fields to the last entry: a JSON line's keys (`protocol::json`).
+    pub fn extend_last(&mut self, fields: &[u8]) {
+        if let Some(end) = self.ends.last_mut() {
+            self.data.extend_from_slice(fields);
+            *end = self.data.len();
+        }
+    }
+
     /// The encoded entries, one by one.
     pub fn entries(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
@@ -212,6 +220,11 @@ impl Encoder {
         // Kept for the life of the connection: no spare capacity.
         client.shrink_to_fit();
         Encoder { target, client }
+    }
+
+    /// Where the entries go.
+    pub fn target(&self) -> Target {
+        self.target
     }
 
     /// Appends one entry to `batch`.

@@ -6,6 +6,8 @@
 
 use memchr::memchr;
 
+pub mod json;
+
 /// Why a message ended, when it did not end with a newline (the journal's `LINE_BREAK=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineBreak {

@@ -7,6 +7,7 @@ mod cli;
 mod clients;
 mod config;
 mod hostile;
+mod json;
 mod leftovers;
 mod lifecycle;
 mod limits;
