@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{self, Settings};
 use crate::journal::{self, Batch, Encoder, Peer, Record};
+use crate::peer::{Attribution, PeerPidfd};
 use crate::protocol::{self, Framer, LineBreak, Message};
 use crate::ratelimit::{Admission, Key};
 use crate::server::Context;
@@ -78,11 +79,29 @@ impl LineState {
     }
 }
 
+/// Who the client is beyond its credentials (`journal.attribution`), resolved once as the
+/// connection starts. The /proc reads run on the blocking pool, not on the runtime's thread:
+/// they are cheap but not free, and a storm of connections must not slow everyone's reading.
+async fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
+    let (Stream::Unix(s), Peer::Unix { pid: Some(pid), .. }, config::Attribution::Auto) =
+        (stream, peer, settings.journal.attribution)
+    else {
+        return Attribution::default();
+    };
+    let (pid, pidfd) = (*pid, PeerPidfd::of(std::os::fd::AsFd::as_fd(s)));
+    tokio::task::spawn_blocking(move || Attribution::resolve(pid, pidfd))
+        .await
+        .unwrap_or_default()
+}
+
 /// Serves one client until it closes, or until shutdown and its drain deadline.
 pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>, ctx: Context) {
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
-    let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
+    let attribution = attribute(&stream, &peer, &settings).await;
+    let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref())
+        .with_fields(attribution.fields(rustix::process::geteuid().is_root()));
+    drop(attribution);
     let mut conn = Connection {
         framer: Framer::new(settings.limits.max_line_bytes.get()),
         line: LineState::new(&settings),
