@@ -214,17 +214,13 @@ impl Encoder {
 
     /// Adds fields that hold for the whole connection (the client's unit and command, see
     /// [`crate::peer`]) to every journal entry; the stdout line stays as it is.
-    pub fn with_fields<'f>(
-        mut self,
-        fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
-    ) -> Self {
+    pub fn add_fields<'f>(&mut self, fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>) {
         if self.target == Target::Journal {
             for (name, value) in fields {
                 push_field(&mut self.client, name, value);
             }
             self.client.shrink_to_fit();
         }
-        self
     }
 
     /// Appends one entry to `batch`.
