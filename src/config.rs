@@ -56,6 +56,7 @@ struct RawJournal {
     sink: Option<String>,
     identifier: Option<String>,
     default_priority: Option<String>,
+    attribution: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +148,17 @@ pub struct JournalSettings {
     pub sink: SinkKind,
     pub identifier: String,
     pub default_priority: u8,
+    pub attribution: Attribution,
+}
+
+/// `journal.attribution`: whether entries say which unit and command the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribution {
+    /// `CLIENT_COMM`, `CLIENT_UNIT` … always; `OBJECT_SYSTEMD_UNIT` … too when running as uid 0.
+    Auto,
+    /// Only the credentials (`CLIENT_PID`, `CLIENT_UID`, `CLIENT_GID`).
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -463,6 +475,16 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
             },
             identifier,
             default_priority,
+            attribution: match journal.attribution.as_deref() {
+                None | Some("auto") => Attribution::Auto,
+                Some("off") => Attribution::Off,
+                Some(other) => {
+                    return Err(bad(
+                        "journal.attribution",
+                        format!("{other:?} is not one of \"auto\", \"off\""),
+                    ));
+                }
+            },
         },
         protocol: ProtocolSettings {
             flush_after: duration(
@@ -803,6 +825,10 @@ mod tests {
             ),
             ("[journal]\nidentifier = \"\"\n", "journal.identifier"),
             (
+                "[journal]\nattribution = \"on\"\n",
+                "journal.attribution: \"on\" is not one of",
+            ),
+            (
                 "[journal]\nidentifier = \"app-daemon\"\n",
                 "journal.identifier: \"app-daemon\" is reserved",
             ),
@@ -871,6 +897,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.service.idle_timeout, Duration::from_secs(365 * 86400));
+    }
+
+    #[test]
+    fn attribution_is_auto_unless_turned_off() {
+        let s = load_with(None, &[], Overrides::default()).unwrap();
+        assert_eq!(s.journal.attribution, Attribution::Auto);
+        let s = load_with(
+            None,
+            &[("APP_JOURNAL__ATTRIBUTION", "off")],
+            Overrides::default(),
+        );
+        assert_eq!(s.unwrap().journal.attribution, Attribution::Off);
     }
 
     #[test]
@@ -1067,6 +1105,6 @@ mod shipped_file {
         let defaults = load_from(ConfigFile::Default(dir.path().join("absent.toml")));
         assert_eq!(from_file, defaults);
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
-        assert_eq!(keys, 18, "every key but socket.group, once:\n{uncommented}");
+        assert_eq!(keys, 19, "every key but socket.group, once:\n{uncommented}");
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{JsonMode, Settings};
+use crate::config::{self, JsonMode, Settings};
 use crate::journal::{self, Batch, Encoder, Peer, Record, Target};
+use crate::peer::Attribution;
 use crate::protocol::{self, Framer, LineBreak, Message, json};
 use crate::ratelimit::{Admission, Key};
 use crate::server::Context;
@@ -98,11 +99,26 @@ impl LineState {
     }
 }
 
+/// Who the client is beyond its credentials (`journal.attribution`), resolved once per
+/// connection, when its first bytes arrive (for nearly every client, right after the accept):
+/// about 30 µs of /proc reads, which a connection that never writes does not cost. Done in
+/// place: a blocking-pool hop cost more than it saved, and under a storm of connections its
+/// queue held connection slots that the clients had already left (measured, issue 16).
+fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
+    match (stream, peer, settings.journal.attribution) {
+        (Stream::Unix(s), Peer::Unix { pid: Some(pid), .. }, config::Attribution::Auto) => {
+            Attribution::of_peer(std::os::fd::AsFd::as_fd(s), *pid)
+        }
+        _ => Attribution::default(),
+    }
+}
+
 /// Serves one client until it closes, or until shutdown and its drain deadline.
 pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>, ctx: Context) {
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
     let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
+    let mut attributed = false;
     let mut conn = Connection {
         framer: Framer::new(settings.limits.max_line_bytes.get()),
         line: LineState::new(&settings),
@@ -196,6 +212,12 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                         // journal, so that many clients held up by backpressure do not pin
                         // 64 KiB each (glibc shrinks the block in place; nothing is copied).
                         buf.shrink_to_fit();
+                    }
+                    if !attributed {
+                        attributed = true;
+                        let who = attribute(&stream, &peer, &settings);
+                        let objects = rustix::process::geteuid().is_root();
+                        conn.encoder.add_fields(who.fields(objects));
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;
                     // No connection may hold the runtime: a client that keeps its socket full

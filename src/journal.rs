@@ -227,6 +227,17 @@ impl Encoder {
         self.target
     }
 
+    /// Adds fields that hold for the whole connection (the client's unit and command, see
+    /// [`crate::peer`]) to every journal entry; the stdout line stays as it is.
+    pub fn add_fields<'f>(&mut self, fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>) {
+        if self.target == Target::Journal {
+            for (name, value) in fields {
+                push_field(&mut self.client, name, value);
+            }
+            self.client.shrink_to_fit();
+        }
+    }
+
     /// Appends one entry to `batch`.
     pub fn encode(&self, record: &Record<'_>, batch: &mut Batch) {
         let out = &mut batch.data;

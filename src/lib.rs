@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod notify;
+pub mod peer;
 pub mod protocol;
 pub mod ratelimit;
 pub mod send;

@@ -275,6 +275,45 @@ step8() {
 }
 check "8. systemd-analyze security app.service <= 1.0, and no failed unit in the container" step8
 
+# 9. which unit a client is (issue 16): the default unit (User=app) and the root drop-in
+step9() {
+    c useradd -m -G app dave || return 1
+    local dave_uid json
+    dave_uid=$(c id -u dave)
+    csh "systemd-run --unit=demo --wait -q -p User=dave sh -c 'echo from-demo | socat - UNIX-CONNECT:/run/app.sock'" || return 1
+    await "journalctl -u app.service -o json MESSAGE=from-demo | grep -q '\"CLIENT_UNIT\":\"demo.service\"'" || return 1
+    json=$(csh "journalctl -u app.service -o json MESSAGE=from-demo")
+    echo "$json" | grep -q "\"CLIENT_UID\":\"$dave_uid\"" || return 1
+    echo "$json" | grep -q '"CLIENT_COMM":"socat"' || return 1
+    echo "$json" | grep -q '"CLIENT_SLICE":"system.slice"' || return 1
+    # As user app, no OBJECT_*: journalctl -u demo.service would not honour them anyway.
+    ! echo "$json" | grep -q '"OBJECT_' || return 1
+    # The drop-in: root without capabilities; then journalctl -u demo.service lists the line.
+    c mkdir -p /etc/systemd/system/app.service.d || return 1
+    c cp /usr/share/doc/app/examples/attribute-to-units.conf /etc/systemd/system/app.service.d/ || return 1
+    c systemctl daemon-reload && c systemctl restart app.service || return 1
+    local main
+    main=$(c systemctl show -p MainPID --value app.service)
+    c grep -q '^CapEff:[[:space:]]*0000000000000000$' "/proc/$main/status" || return 1
+    c grep -q '^Uid:[[:space:]]*0[[:space:]]' "/proc/$main/status" || return 1
+    csh "systemd-run --unit=demo --wait -q -p User=dave sh -c 'echo from-demo-as-root | socat - UNIX-CONNECT:/run/app.sock'" || return 1
+    await "journalctl -u demo.service -o cat | grep -qx from-demo-as-root" || return 1
+    csh "journalctl -u app.service -o cat | grep -qx from-demo-as-root" || return 1
+    json=$(csh "journalctl -u app.service -o json MESSAGE=from-demo-as-root")
+    # Each once (journalctl shows a repeated field as an array), and no OBJECT_PID: journald
+    # added no OBJECT_* of its own.
+    echo "$json" | grep -q '"OBJECT_SYSTEMD_UNIT":"demo.service"' || return 1
+    echo "$json" | grep -q '"OBJECT_COMM":"socat"' || return 1
+    echo "$json" | grep -q '"CLIENT_UNIT":"demo.service"' || return 1
+    ! echo "$json" | grep -q '"OBJECT_PID"' || return 1
+    local exposure
+    exposure=$(c systemd-analyze security app.service --no-pager | awk '/Overall exposure level/ { print $(NF-2) }')
+    echo "   systemd-analyze security app.service with attribute-to-units.conf: exposure ${exposure:-(none)}"
+    c rm /etc/systemd/system/app.service.d/attribute-to-units.conf
+    c systemctl daemon-reload && c systemctl restart app.service
+}
+check "9. CLIENT_UNIT=demo.service for a systemd-run client of another user; with attribute-to-units.conf (root, no capabilities) journalctl -u demo.service lists its line, and -u app.service still does" step9
+
 step7b() {
     c apt-get remove -y app >/dev/null 2>&1 || return 1
     [ "$(c systemctl is-active app.socket || true)" = inactive ] || return 1

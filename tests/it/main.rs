@@ -2,6 +2,7 @@
 //! need root) a real systemd-journald.
 
 mod activation;
+mod attribution;
 mod backpressure;
 mod cli;
 mod clients;
