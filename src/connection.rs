@@ -480,22 +480,58 @@ pub fn encode(
         }
     };
     // A JSON object becomes fields (README "Structured lines"); only a whole line can be one:
-    // the pieces of a cut line are text. Parsed out of line, and `encoder.encode` has this one
-    // call site (so it stays inlined): a plain line pays the `{` check.
-    let json = if !m.continuation
+    // the pieces of a cut line are text. Out of line, so that a plain line pays the `{` check.
+    if json::looks_like_object(text)
+        && !m.continuation
         && matches!(m.line_break, LineBreak::Newline | LineBreak::Eof)
         && settings.protocol.json == JsonMode::Auto
-        && json::looks_like_object(text)
     {
-        map_json(text, prefixed, header, settings)
-    } else {
-        None
-    };
+        encode_json(
+            text,
+            m.line_break,
+            prefixed,
+            header,
+            (&mut line.priority, line.facility),
+            encoder,
+            settings,
+            batch,
+        );
+        return;
+    }
+    encoder.encode(
+        &Record {
+            message: text,
+            priority: line.priority,
+            facility: line.facility,
+            line_break: m.line_break,
+            identifier: &settings.journal.identifier,
+            header,
+        },
+        batch,
+    );
+}
+
+/// [`encode`] for a line that looks like a JSON object: its fields, or the line as text if it
+/// is not one.
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn encode_json(
+    text: &[u8],
+    line_break: LineBreak,
+    prefixed: bool,
+    header: Option<syslog::Header<'_>>,
+    (priority, facility): (&mut u8, Option<u8>),
+    encoder: &Encoder,
+    settings: &Settings,
+    batch: &mut Batch,
+) {
+    let json = map_json(text, prefixed, header, settings);
     let (mut message, mut header) = (text, header);
     let journal = encoder.target() == Target::Journal;
     if let Some(j) = &json {
         if let Some(p) = j.priority {
-            line.priority = p;
+            *priority = p;
         }
         if let Some(id) = &j.identifier {
             header = Some(syslog::Header {
@@ -513,9 +549,9 @@ pub fn encode(
     encoder.encode(
         &Record {
             message,
-            priority: line.priority,
-            facility: line.facility,
-            line_break: m.line_break,
+            priority: *priority,
+            facility,
+            line_break,
             identifier: &settings.journal.identifier,
             header,
         },

@@ -239,6 +239,7 @@ impl Encoder {
     }
 
     /// Appends one entry to `batch`.
+    #[inline(always)]
     pub fn encode(&self, record: &Record<'_>, batch: &mut Batch) {
         let out = &mut batch.data;
         match self.target {

@@ -54,6 +54,12 @@ pub struct Options {
 /// The plain-line cost of this feature is this check.
 #[inline]
 pub fn looks_like_object(text: &[u8]) -> bool {
+    // The common case first: a plain line starts with something else.
+    match text.first() {
+        Some(b'{') => return true,
+        Some(b' ' | b'\t' | b'\r' | b'\n') => {}
+        _ => return false,
+    }
     text.iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
         .is_some_and(|&b| b == b'{')
