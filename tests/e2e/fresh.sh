@@ -122,10 +122,20 @@ pass() { echo "PASS: $*"; PASSED=$((PASSED + 1)); }
 fail() { echo "FAIL: $*"; FAILED=$((FAILED + 1)); }
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
 
+# Each output line prefixed with the seconds since START (where the time goes: apt-get, systemfd,
+# the build, each test binary).
+stamp() {
+    local line
+    while IFS= read -r line; do printf '%5d s  %s\n' $((SECONDS - $1)) "$line"; done
+}
+
 step1() {
     local start=$SECONDS rc=0
-    in_clone 3000 "$TEST_CMD" >"$WORK/setup1.log" 2>&1 || rc=$?
-    grep -E '^== |^test result:|still running|^  pid ' "$WORK/setup1.log" | sed 's/^/   /'
+    { in_clone 3000 "$TEST_CMD" 2>&1 || echo "exit $?"; } | stamp "$start" >"$WORK/setup1.log"
+    rc=$(sed -n 's/^ *[0-9]* s  exit \([0-9]*\)$/\1/p' "$WORK/setup1.log" | tail -n 1)
+    rc=${rc:-0}
+    grep -E '^ *[0-9]+ s  (== |test result:|tests/setup: |  pid |.*Finished |.*Running )' "$WORK/setup1.log" \
+        | sed 's/^/   /'
     echo "   '$TEST_CMD' exited $rc after $((SECONDS - start)) s"
     [ "$rc" = 0 ] || { tail -n 60 "$WORK/setup1.log"; return 1; }
 }

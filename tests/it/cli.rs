@@ -158,10 +158,15 @@ fn send_finds_the_system_socket_as_a_user_root() {
     std::fs::write(&empty, "").unwrap();
     let runtime = dir.path().join("runtime");
     std::fs::create_dir(&runtime).unwrap();
+    // A copy nobody can run: the checkout may be in a home directory others cannot enter
+    // (root's, or any on Debian 12, whose new homes are 0700).
+    let app = dir.path().join("app");
+    std::fs::copy(APP, &app).unwrap();
     let as_nobody = format!(
         "setpriv --reuid 65534 --regid 65534 --clear-groups -- \
-         env -i XDG_RUNTIME_DIR={} {APP} --config {}",
+         env -i XDG_RUNTIME_DIR={} {} --config {}",
         runtime.display(),
+        app.display(),
         empty.display()
     );
     let script = format!(

@@ -110,6 +110,8 @@ fn environment_is_changed_before_the_first_thread_journald() {
         .args(["systemd-socket-activate", "-l"])
         .arg(&socket)
         .arg(format!("-EJOURNAL_STREAM={journal_stream}"))
+        // strace forks the daemon: it must die with strace, not outlive the test.
+        .args(["setpriv", "--pdeathsig", "KILL", "--"])
         .args([APP, "--config"])
         .arg(&config)
         .arg("serve")
@@ -117,6 +119,7 @@ fn environment_is_changed_before_the_first_thread_journald() {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdout(Stdio::null())
         .stderr(stderr)
+        .die_with_test()
         .spawn()
         .expect("strace (apt-get install strace)");
     wait_until(Duration::from_secs(10), "the socket", || {

@@ -224,12 +224,18 @@ exec /lib/systemd/systemd-journald"#;
             .unwrap()
     }
 
+    /// Waits until our journald is up in its own `/run`. On a machine where a journald already
+    /// runs (systemd as init, a container), `/proc/PID/root/run/systemd/journal/socket` exists
+    /// before ours is there — it is the machine's, seen until `unshare` has mounted the tmpfs —
+    /// so first our config file (only in our `/run`), then the sockets and journal directory.
     fn wait_started(&self) {
         let j = self;
+        let conf = j.root().join("run/systemd/journald.conf.d/test.conf");
         let socket = j.root().join("run/systemd/journal/socket");
         let stdout = j.root().join("run/systemd/journal/stdout");
+        let journal = j.root().join("run/log/journal");
         wait_until(Duration::from_secs(10), "journald's sockets", || {
-            (socket.exists() && stdout.exists()).then_some(())
+            (conf.exists() && socket.exists() && stdout.exists() && journal.exists()).then_some(())
         });
     }
 
