@@ -20,6 +20,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+mod escape;
+
 use crate::protocol::LineBreak;
 
 /// journald's native-protocol socket (systemd.journal-fields(7), "native protocol").
@@ -256,16 +258,8 @@ impl Encoder {
                 out.push(b'[');
                 out.extend_from_slice(&self.client);
                 let _ = write!(out, "] <{}> ", record.priority);
-                // One message, one line: a newline inside is shown escaped.
-                for chunk in record.message.split_inclusive(|&b| b == b'\n') {
-                    match chunk.strip_suffix(b"\n") {
-                        Some(text) => {
-                            out.extend_from_slice(text);
-                            out.extend_from_slice(b"\\n");
-                        }
-                        None => out.extend_from_slice(chunk),
-                    }
-                }
+                // One message, one line: newlines and control bytes inside are shown escaped.
+                escape::push_escaped(out, record.message);
                 if let Some(why) = record.line_break.field() {
                     let _ = write!(out, " [{why}]");
                 }
