@@ -6,8 +6,9 @@
 //! cargo bench --bench framing
 //! ```
 //!
-//! Prints nanoseconds and heap allocations per line for plain text, `<N>`-prefixed text and
-//! logger(1)'s RFC 3164 and RFC 5424 lines. A counting global allocator does the counting.
+//! Prints nanoseconds and heap allocations per line for plain text, `<N>`-prefixed text,
+//! logger(1)'s RFC 3164 and RFC 5424 lines, and Python's SysLogHandler records (`<14>text\0`:
+//! NUL-terminated, no newline). A counting global allocator does the counting.
 //! No root needed. Timings on a shared machine wander; for figures that do not, count
 //! instructions: `FRAMING_ONLY=plain FRAMING_RUNS=1 valgrind --tool=callgrind
 //! --toggle-collect='*framing::run*' target/release/deps/framing-*` and divide by the lines.
@@ -64,7 +65,7 @@ fn main() {
     println!("{LINES} lines of about 100 bytes each, median of {runs} runs:");
     println!("| input | ns/line | allocations/line |");
     println!("|---|---:|---:|");
-    let kinds: [(&str, LineMaker); 4] = [
+    let kinds: [(&str, LineMaker); 5] = [
         ("plain text", |i| format!("c000 s{i:08} {}", FILL)),
         ("`<N>` prefix", |i| format!("<3>c000 s{i:08} {}", FILL)),
         ("logger(1), RFC 3164", |i| {
@@ -79,16 +80,20 @@ fn main() {
                 &FILL[..30]
             )
         }),
+        ("Python SysLogHandler, NUL-terminated", |i| {
+            format!("<14>c000 s{i:08} {}", FILL)
+        }),
     ];
     let only = std::env::var("FRAMING_ONLY").ok();
     for (name, make) in kinds {
         if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
+        let end = if name.contains("NUL") { b'\0' } else { b'\n' };
         let mut input = Vec::new();
         for i in 0..LINES {
             input.extend_from_slice(make(i).as_bytes());
-            input.push(b'\n');
+            input.push(end);
         }
         let mut results: Vec<(f64, f64)> = (0..runs).map(|_| run(&input, &settings)).collect();
         results.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -254,11 +254,18 @@ pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
     };
     if let Some(dpath) = &settings.datagram_path {
         let datagram_live = |p: &Path| UnixDatagram::unbound()?.connect(p);
+        // SO_PASSCRED before the socket is in place: a datagram queued before the option is
+        // set would carry no credentials.
+        let bind_passcred = |p: PathBuf| {
+            let socket = UnixDatagram::bind(p)?;
+            rustix::net::sockopt::set_socket_passcred(&socket, true)?;
+            Ok(socket)
+        };
         let (socket, bound) = bind_at(
             dpath,
             "socket.datagram_path",
             settings,
-            UnixDatagram::bind,
+            bind_passcred,
             datagram_live,
         )?;
         listeners.sockets.push(Listener {

@@ -14,3 +14,4 @@ mod protocol;
 mod soak;
 mod socket;
 mod support;
+mod syslog_clients;
