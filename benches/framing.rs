@@ -6,9 +6,10 @@
 //! cargo bench --bench framing
 //! ```
 //!
-//! Prints nanoseconds and heap allocations per line for plain text, `<N>`-prefixed text and
-//! logger(1)'s RFC 3164 and RFC 5424 lines, and a pino-like JSON line (8 keys, one of them a
-//! nested object) that becomes fields (`protocol::json`). A counting global allocator does the counting.
+//! Prints nanoseconds and heap allocations per line for plain text, `<N>`-prefixed text,
+//! logger(1)'s RFC 3164 and RFC 5424 lines, Python's SysLogHandler records (`<14>text\0`:
+//! NUL-terminated, no newline), and a pino-like JSON line (8 keys, one of them a nested object)
+//! that becomes fields (`protocol::json`). A counting global allocator does the counting.
 //! No root needed. Timings on a shared machine wander; for figures that do not, count
 //! instructions: `FRAMING_ONLY=plain FRAMING_RUNS=1 valgrind --tool=callgrind
 //! --toggle-collect='*framing::run*' target/release/deps/framing-*` and divide by the lines.
@@ -65,7 +66,7 @@ fn main() {
     println!("{LINES} lines of about 100 bytes each, median of {runs} runs:");
     println!("| input | ns/line | allocations/line |");
     println!("|---|---:|---:|");
-    let kinds: [(&str, LineMaker); 5] = [
+    let kinds: [(&str, LineMaker); 6] = [
         ("plain text", |i| format!("c000 s{i:08} {}", FILL)),
         ("`<N>` prefix", |i| format!("<3>c000 s{i:08} {}", FILL)),
         ("logger(1), RFC 3164", |i| {
@@ -85,16 +86,20 @@ fn main() {
                 r#"{{"level":30,"time":1764110316123,"pid":4242,"hostname":"myhost","name":"billing","reqId":"s{i:08}","http":{{"method":"GET","status":200}},"msg":"request done"}}"#
             )
         }),
+        ("Python SysLogHandler, NUL-terminated", |i| {
+            format!("<14>c000 s{i:08} {}", FILL)
+        }),
     ];
     let only = std::env::var("FRAMING_ONLY").ok();
     for (name, make) in kinds {
         if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
+        let end = if name.contains("NUL") { b'\0' } else { b'\n' };
         let mut input = Vec::new();
         for i in 0..LINES {
             input.extend_from_slice(make(i).as_bytes());
-            input.push(b'\n');
+            input.push(end);
         }
         let mut results: Vec<(f64, f64)> = (0..runs).map(|_| run(&input, &settings)).collect();
         results.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -48,6 +48,7 @@ struct RawSocket {
     path: Option<PathBuf>,
     mode: Option<String>,
     group: Option<String>,
+    datagram_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +142,18 @@ pub struct SocketSettings {
     pub mode: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The datagram socket bound beside `path` when not socket-activated (`""`: none). Same
+    /// mode and group.
+    #[serde(serialize_with = "ser_opt_path")]
+    pub datagram_path: Option<PathBuf>,
+}
+
+fn ser_opt_path<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(
+        &path
+            .as_deref()
+            .map_or(String::new(), |p| p.display().to_string()),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -466,6 +479,7 @@ fn validate(raw: RawConfig, sources: &Sources<'_>) -> Result<Settings, Error> {
             path,
             mode,
             group: socket.group.filter(|g| !g.is_empty()),
+            datagram_path: socket.datagram_path.filter(|p| !p.as_os_str().is_empty()),
         },
         journal: JournalSettings {
             sink: match (sources.overrides.sink, journal.sink) {
@@ -1105,6 +1119,6 @@ mod shipped_file {
         let defaults = load_from(ConfigFile::Default(dir.path().join("absent.toml")));
         assert_eq!(from_file, defaults);
         let keys = uncommented.lines().filter(|l| l.contains(" = ")).count();
-        assert_eq!(keys, 19, "every key but socket.group, once:\n{uncommented}");
+        assert_eq!(keys, 20, "every key but socket.group, once:\n{uncommented}");
     }
 }

@@ -314,8 +314,9 @@ impl Connection<'_> {
     /// boundaries), counted and dropped, never encoded.
     async fn process(&mut self, mut input: &[u8], settings: &Settings) {
         while !input.is_empty() {
-            // One message per newline, usually; pieces of long lines ask for more as they come.
-            let lines = memchr::memchr_iter(b'\n', input).count() as u64 + 1;
+            // One message per newline (or NUL, for syslog records), usually; pieces of long
+            // lines ask for more as they come.
+            let lines = memchr::memchr2_iter(b'\n', 0, input).count() as u64 + 1;
             let mut allowance = Allowance::new(self.ctx, self.key, lines, settings);
             let mut batch = if allowance.left > 0 {
                 Batch::for_input(input)

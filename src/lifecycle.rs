@@ -258,6 +258,10 @@ pub fn apply_live(old: &Settings, new: Settings) -> Settings {
         ("socket.path", old.socket.path != new.socket.path),
         ("socket.mode", old.socket.mode != new.socket.mode),
         ("socket.group", old.socket.group != new.socket.group),
+        (
+            "socket.datagram_path",
+            old.socket.datagram_path != new.socket.datagram_path,
+        ),
         ("journal.sink", old.journal.sink != new.journal.sink),
     ];
     for (key, changed) in needs_restart {

@@ -7,8 +7,8 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
 use rustix::net::{AddressFamily, SocketType, sockopt};
 
@@ -26,6 +26,8 @@ pub enum Socket {
     ConnectedUnix(UnixStream),
     /// One accepted TCP connection (`Accept=yes`).
     ConnectedTcp(std::net::TcpStream),
+    /// An unconnected Unix datagram socket (`ListenDatagram=`): each datagram is one message.
+    Datagram(UnixDatagram),
 }
 
 /// A socket and what to call it in logs: its `LISTEN_FDNAMES` name, or its path.
@@ -41,8 +43,8 @@ pub struct Listener {
 #[derive(Debug)]
 pub struct Listeners {
     pub sockets: Vec<Listener>,
-    /// Present only when the daemon bound the socket itself: dropped, it unlinks the file.
-    pub bound: Option<BoundPath>,
+    /// Present only when the daemon bound the sockets itself: dropped, they unlink the files.
+    pub bound: Vec<BoundPath>,
 }
 
 impl Listeners {
@@ -57,7 +59,7 @@ impl Listeners {
 
     /// True when the sockets came from systemd rather than from our own `bind`.
     pub fn inherited(&self) -> bool {
-        self.bound.is_none()
+        self.bound.is_empty()
     }
 }
 
@@ -119,7 +121,8 @@ unsafe fn take_without_pid() -> Result<Vec<Listener>, Error> {
         .collect()
 }
 
-/// Decides what an inherited fd is, refusing anything that is not a stream socket.
+/// Decides what an inherited fd is, refusing anything that is not a stream socket or an
+/// unconnected Unix datagram socket.
 fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
     let bad = |reason: String| Error::InheritedFd { fd: raw, reason };
     let ty = sockopt::socket_type(&fd).map_err(|e| {
@@ -129,14 +132,17 @@ fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
             bad(format!("cannot query the socket type: {e}"))
         }
     })?;
+    if ty == SocketType::DGRAM {
+        return classify_datagram(fd, raw, name);
+    }
     if ty != SocketType::STREAM {
         let kind = match ty {
-            SocketType::DGRAM => "a datagram socket",
             SocketType::SEQPACKET => "a seqpacket socket",
             _ => "not a stream socket",
         };
         return Err(bad(format!(
-            "{kind}; app serves stream sockets only (ListenStream= in the .socket unit)"
+            "{kind}; app serves stream sockets (ListenStream=) and Unix datagram sockets \
+             (ListenDatagram=) only"
         )));
     }
     let domain = sockopt::socket_domain(&fd)
@@ -170,6 +176,43 @@ fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
     })
 }
 
+/// A datagram socket: served if it is a Unix one that is not connected to a peer (a connected
+/// one would hear only that peer).
+fn classify_datagram(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
+    let bad = |reason: String| Error::InheritedFd { fd: raw, reason };
+    let domain = sockopt::socket_domain(&fd)
+        .map_err(|e| bad(format!("cannot query the address family: {e}")))?;
+    if domain != AddressFamily::UNIX {
+        return Err(bad(format!(
+            "a datagram socket of address family {}; app serves Unix datagram sockets only \
+             (ListenDatagram=/run/app.dgram)",
+            domain.as_raw()
+        )));
+    }
+    match rustix::net::getpeername(&fd) {
+        Err(rustix::io::Errno::NOTCONN) => {}
+        Ok(_) => {
+            return Err(bad(
+                "a connected datagram socket; app serves an unconnected one \
+                 (ListenDatagram=/run/app.dgram)"
+                    .to_owned(),
+            ));
+        }
+        Err(e) => return Err(bad(format!("cannot query the peer: {e}"))),
+    }
+    let socket = Socket::Datagram(UnixDatagram::from(fd));
+    let name = if name.is_empty() || name == "unknown" {
+        local_name(&socket)
+    } else {
+        name
+    };
+    Ok(Listener {
+        socket,
+        name,
+        origin: format!("fd {raw}"),
+    })
+}
+
 /// The socket's own address, as a name: a path, `ip:port`, or `unix` when it has neither.
 fn local_name(socket: &Socket) -> String {
     let unix = |addr: std::io::Result<std::os::unix::net::SocketAddr>| {
@@ -185,6 +228,7 @@ fn local_name(socket: &Socket) -> String {
         Socket::ConnectedUnix(s) => unix(s.local_addr()),
         Socket::Tcp(l) => tcp(l.local_addr()),
         Socket::ConnectedTcp(s) => tcp(s.local_addr()),
+        Socket::Datagram(s) => unix(s.local_addr()),
     }
 }
 
@@ -223,13 +267,68 @@ impl Drop for BoundPath {
 /// or by us (like /tmp): anyone else could replace the socket between our check and our use.
 /// systemd itself binds its sockets in directories only root can write (/run, /run/systemd) and
 /// has no such check; a root daemon run by hand with `--socket` may be pointed anywhere.
+///
+/// With `socket.datagram_path` set, the datagram socket is bound there the same way, with the
+/// same mode and group.
 pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
+    let path = settings.path()?.to_owned();
+    let stream_live = |p: &Path| UnixStream::connect(p).map(drop);
+    let (listener, bound) = bind_at(
+        &path,
+        "socket.path",
+        settings,
+        UnixListener::bind,
+        stream_live,
+    )?;
+    let mut listeners = Listeners {
+        sockets: vec![Listener {
+            socket: Socket::Unix(listener),
+            name: path.display().to_string(),
+            origin: path.display().to_string(),
+        }],
+        bound: vec![bound],
+    };
+    if let Some(dpath) = &settings.datagram_path {
+        let datagram_live = |p: &Path| UnixDatagram::unbound()?.connect(p);
+        // SO_PASSCRED before the socket is in place: a datagram queued before the option is
+        // set would carry no credentials.
+        let bind_passcred = |p: PathBuf| {
+            let socket = UnixDatagram::bind(p)?;
+            rustix::net::sockopt::set_socket_passcred(&socket, true)?;
+            Ok(socket)
+        };
+        let (socket, bound) = bind_at(
+            dpath,
+            "socket.datagram_path",
+            settings,
+            bind_passcred,
+            datagram_live,
+        )?;
+        listeners.sockets.push(Listener {
+            socket: Socket::Datagram(socket),
+            name: dpath.display().to_string(),
+            origin: dpath.display().to_string(),
+        });
+        listeners.bound.push(bound);
+    }
+    Ok(listeners)
+}
+
+/// Binds one socket at `path` (`key` names its setting in errors) race-free, as [`bind`]
+/// describes: `make` binds it, `live` connects to tell a live socket from a stale one.
+fn bind_at<T>(
+    path: &Path,
+    key: &str,
+    settings: &SocketSettings,
+    make: impl FnOnce(PathBuf) -> io::Result<T>,
+    live: impl FnOnce(&Path) -> io::Result<()>,
+) -> Result<(T, BoundPath), Error> {
     use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
-    let path = &settings.path()?.to_owned();
+    let path = &path.to_owned();
     let at = |what: &str, e: io::Error| Error::io(format!("{}: {what}", path.display()), e);
     let (Some(name), Some(parent)) = (path.file_name(), path.parent()) else {
         return Err(Error::Config(format!(
-            "socket.path: {} names no file",
+            "{key}: {} names no file",
             path.display()
         )));
     };
@@ -244,14 +343,14 @@ pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
         Mode::empty(),
     )
     .map_err(|e| at("cannot bind", e.into()))?;
-    check_parent(&parent_fd, parent)?;
+    check_parent(&parent_fd, parent, key)?;
 
     let replace_stale = match rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st)
             if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket =>
         {
-            match UnixStream::connect(path) {
-                Ok(_) => return Err(Error::SocketInUse(path.clone())),
+            match live(path) {
+                Ok(()) => return Err(Error::SocketInUse(path.clone())),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => true,
                 Err(e) => return Err(at("checking whether another instance listens", e)),
             }
@@ -296,8 +395,7 @@ pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
         Mode::empty(),
     )
     .map_err(|e| at("opening the temporary directory", e.into()))?;
-    let listener =
-        UnixListener::bind(parent.join(&tmp_name).join(name)).map_err(|e| at("cannot bind", e))?;
+    let listener = make(parent.join(&tmp_name).join(name)).map_err(|e| at("cannot bind", e))?;
     if let Some(group) = &settings.group {
         let gid = lookup_group(group)?;
         rustix::fs::chownat(
@@ -331,18 +429,14 @@ pub fn bind(settings: &SocketSettings) -> Result<Listeners, Error> {
         }
     })?;
     drop(tmp);
-    Ok(Listeners {
-        sockets: vec![Listener {
-            socket: Socket::Unix(listener),
-            name: path.display().to_string(),
-            origin: path.display().to_string(),
-        }],
-        bound: Some(BoundPath {
+    Ok((
+        listener,
+        BoundPath {
             path: path.clone(),
             dev: st.st_dev,
             ino: st.st_ino,
-        }),
-    })
+        },
+    ))
 }
 
 fn nanos() -> u32 {
@@ -374,7 +468,7 @@ impl Drop for TempDir<'_> {
 }
 
 /// Refuses a directory other users may write to, unless it is sticky and owned by root or us.
-fn check_parent(fd: &OwnedFd, dir: &std::path::Path) -> Result<(), Error> {
+fn check_parent(fd: &OwnedFd, dir: &std::path::Path, key: &str) -> Result<(), Error> {
     let st =
         rustix::fs::fstat(fd).map_err(|e| Error::io(format!("{}", dir.display()), e.into()))?;
     let mode = st.st_mode;
@@ -384,7 +478,7 @@ fn check_parent(fd: &OwnedFd, dir: &std::path::Path) -> Result<(), Error> {
     let sticky_and_trusted = mode & 0o1000 != 0 && (st.st_uid == 0 || st.st_uid == euid);
     if others_write && !sticky_and_trusted {
         return Err(Error::Config(format!(
-            "socket.path: {} is writable by other users (mode {:04o}) and not sticky: another \
+            "{key}: {} is writable by other users (mode {:04o}) and not sticky: another \
              user could replace the socket; use a directory only root (or the daemon's user) \
              can write, such as /run",
             dir.display(),
@@ -419,7 +513,7 @@ pub unsafe fn acquire(settings: &SocketSettings) -> Result<Listeners, Error> {
     } else {
         Ok(Listeners {
             sockets: inherited,
-            bound: None,
+            bound: Vec::new(),
         })
     }
 }
@@ -432,7 +526,13 @@ impl Socket {
             Socket::Tcp(s) => s.set_nonblocking(true),
             Socket::ConnectedUnix(s) => s.set_nonblocking(true),
             Socket::ConnectedTcp(s) => s.set_nonblocking(true),
+            Socket::Datagram(s) => s.set_nonblocking(true),
         }
+    }
+
+    /// Its own address: a path, `ip:port`, or `unix`.
+    pub fn address(&self) -> String {
+        local_name(self)
     }
 
     /// `unix /run/app.sock`, `tcp 127.0.0.1:5140`, `accepted unix connection …`: for logs.
@@ -442,6 +542,7 @@ impl Socket {
             Socket::Tcp(_) => "tcp",
             Socket::ConnectedUnix(_) => "accepted unix connection on",
             Socket::ConnectedTcp(_) => "accepted tcp connection on",
+            Socket::Datagram(_) => "unix datagram",
         };
         format!("{kind} {}", local_name(self))
     }
@@ -459,16 +560,30 @@ mod tests {
             path: Some(path.to_owned()),
             mode: 0o660,
             group: None,
+            datagram_path: None,
         }
     }
 
+    /// Issue 15.2: an unconnected Unix datagram socket (`ListenDatagram=`) is served; a
+    /// connected one, or a seqpacket socket, is still a clear startup error.
     #[test]
-    fn classify_refuses_a_datagram_socket() {
+    fn classify_accepts_an_unconnected_datagram_socket_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = UnixDatagram::bind(dir.path().join("d")).unwrap();
+        let l = classify(d.into(), 7, "dgram".into()).unwrap();
+        assert!(matches!(l.socket, Socket::Datagram(_)));
+        assert_eq!(l.name, "dgram");
         let (a, _b) = UnixDatagram::pair().unwrap();
         let err = classify(a.into(), 7, "x".into()).unwrap_err();
         assert_eq!(
             err.to_string().split(';').next().unwrap(),
-            "fd 7: a datagram socket"
+            "fd 7: a connected datagram socket"
+        );
+        let seq = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+        let err = classify(seq, 8, "x".into()).unwrap_err();
+        assert_eq!(
+            err.to_string().split(';').next().unwrap(),
+            "fd 8: a seqpacket socket"
         );
     }
 

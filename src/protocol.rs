@@ -4,7 +4,10 @@
 //! borrowed slices. Memory per connection is bounded by `max_line_bytes`: a line that grows past
 //! it is cut into pieces (`LINE_BREAK=line-max`), as journald does with its `LineMax=`.
 
-use memchr::memchr;
+use memchr::{memchr, memchr2};
+
+mod datagram;
+pub use datagram::datagram_pieces;
 
 pub mod json;
 
@@ -59,6 +62,11 @@ pub struct Framer {
     /// `pending` holds what may be the start of an octet-counting header (`29`, `29 `), cut by
     /// a read boundary: the next bytes decide.
     header_stash: bool,
+    /// The line being read (already cut into pieces: `continuing`) is a syslog record: it
+    /// started with a `<PRI>`, so a NUL also ends it.
+    record: bool,
+    /// A syslog record just ended: a NUL right here (Perl's `\n\0`) is dropped.
+    after_record: bool,
 }
 
 /// What the start of a message says about RFC 6587 octet counting.
@@ -104,6 +112,8 @@ impl Framer {
             continuing: false,
             frame_left: None,
             header_stash: false,
+            record: false,
+            after_record: false,
         }
     }
 
@@ -147,6 +157,14 @@ impl Framer {
                 }
                 continue;
             }
+            if self.after_record && self.pending.is_empty() && !self.continuing {
+                // The NUL of Perl's `\n\0` (or a second terminator) ends nothing more.
+                self.after_record = false;
+                if rest[0] == 0 {
+                    pos += 1;
+                    continue;
+                }
+            }
             let may_be_header = self.header_stash
                 || (self.pending.is_empty()
                     && !self.continuing
@@ -189,6 +207,8 @@ impl Framer {
                 // anything else makes the `\r` the start of the next piece.
                 let go_on = if rest[0] == b'\n' {
                     pos += 1;
+                    self.after_record = self.is_record(&[]);
+                    self.record = false;
                     let continuation = std::mem::replace(&mut self.continuing, false);
                     let line = std::mem::take(&mut self.pending);
                     let go_on = emit_line(&line, LineBreak::Newline, continuation, emit);
@@ -207,10 +227,29 @@ impl Framer {
             // and so does a CRLF.
             let window = &rest[..rest.len().min(room + 1)];
             let cr_at_room = rest.get(room) == Some(&b'\r');
-            let newline = memchr(b'\n', window)
-                .or_else(|| (cr_at_room && rest.get(room + 1) == Some(&b'\n')).then_some(room + 1));
+            // A syslog record (a line that starts with `<PRI>`) also ends at a NUL (Python's
+            // SysLogHandler, Perl's Sys::Syslog); a plain line keeps its NUL bytes. Only a line
+            // that starts with `<` pays for the second search.
+            let may_be_record = if self.continuing {
+                self.record
+            } else {
+                self.pending.first().unwrap_or(&rest[0]) == &b'<'
+            };
+            let nul_end = if may_be_record {
+                memchr2(b'\n', 0, window).filter(|&i| window[i] == 0 && self.is_record(&rest[..i]))
+            } else {
+                None
+            };
+            let newline = nul_end.or_else(|| {
+                memchr(b'\n', window).or_else(|| {
+                    (cr_at_room && rest.get(room + 1) == Some(&b'\n')).then_some(room + 1)
+                })
+            });
             let go_on = if let Some(i) = newline {
                 pos += i + 1;
+                self.after_record =
+                    nul_end.is_some() || (may_be_record && self.is_record(&rest[..i]));
+                self.record = false;
                 let continuation = std::mem::replace(&mut self.continuing, false);
                 if self.pending.is_empty() {
                     emit_line(&rest[..i], LineBreak::Newline, continuation, emit)
@@ -225,7 +264,7 @@ impl Framer {
                 // No newline within the limit: cut a full-size piece.
                 pos += room;
                 if self.pending.is_empty() {
-                    let continuation = std::mem::replace(&mut self.continuing, true);
+                    let continuation = self.start_continuing(&rest[..room]);
                     emit(Message {
                         bytes: &rest[..room],
                         line_break: LineBreak::LineMax,
@@ -277,9 +316,10 @@ impl Framer {
         }
         let line = std::mem::take(&mut self.pending);
         let continuation = if timeout {
-            std::mem::replace(&mut self.continuing, true)
+            self.start_continuing(&line)
         } else {
             self.frame_left = None;
+            self.record = false;
             std::mem::replace(&mut self.continuing, false)
         };
         if !line.is_empty() {
@@ -343,13 +383,37 @@ impl Framer {
     }
 
     fn emit_piece(&mut self, piece: &[u8], emit: &mut dyn FnMut(Message<'_>) -> bool) -> bool {
-        let continuation = std::mem::replace(&mut self.continuing, true);
+        let continuation = self.start_continuing(piece);
         emit(Message {
             bytes: piece,
             line_break: LineBreak::LineMax,
             continuation,
             octet_counted: false,
         })
+    }
+
+    /// Marks the line as cut, remembering from its first `piece` whether it is a syslog record
+    /// (its later pieces no longer show the `<PRI>`). Returns whether it was already cut.
+    fn start_continuing(&mut self, piece: &[u8]) -> bool {
+        let was = std::mem::replace(&mut self.continuing, true);
+        if !was {
+            self.record = self.frame_left.is_none() && parse_prefix(piece).0.is_some();
+        }
+        was
+    }
+
+    /// Whether the line whose bytes are `pending` followed by `tail` is a syslog record: it
+    /// starts with a valid `<PRI>` (at most 5 bytes, `<191>`).
+    fn is_record(&self, tail: &[u8]) -> bool {
+        if self.continuing {
+            return self.record;
+        }
+        let mut start = [0u8; 5];
+        let held = self.pending.len().min(5);
+        start[..held].copy_from_slice(&self.pending[..held]);
+        let more = tail.len().min(5 - held);
+        start[held..held + more].copy_from_slice(&tail[..more]);
+        parse_prefix(&start[..held + more]).0.is_some()
     }
 
     /// Keeps a buffer's allocation for the next partial line, unless it is large: a connection
@@ -792,6 +856,104 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn msg(bytes: &[u8], why: LineBreak, continuation: bool) -> (Vec<u8>, LineBreak, bool, bool) {
+        (bytes.to_vec(), why, continuation, false)
+    }
+
+    /// Issue 15.1: Python's SysLogHandler ends each record with a NUL; each is a message of its
+    /// own, whole as soon as its NUL arrives (no EOF, no timeout needed).
+    #[test]
+    fn nul_terminated_records_python() {
+        let input = b"<12>python one\0<11>python two\0<14>python three\0";
+        for chunk in 1..=input.len() {
+            let out = frame_chunks(100, &input.chunks(chunk).collect::<Vec<_>>(), false);
+            assert_eq!(
+                lines(&out),
+                [
+                    &b"<12>python one"[..],
+                    b"<11>python two",
+                    b"<14>python three"
+                ],
+                "chunk {chunk}"
+            );
+            assert!(out.iter().all(|o| o.1 == LineBreak::Newline));
+        }
+    }
+
+    /// Issue 15.1: Perl's Sys::Syslog sends `\n\0`: the NUL after a record's end is dropped,
+    /// never a message, even when a pause (a `timeout` flush) comes between.
+    #[test]
+    fn nul_after_a_record_is_dropped_perl() {
+        let input = b"<11>Dec  2 05:16:13 perltag[9987]: perl one\n\0<11>Dec  2 05:16:13 perltag[9987]: perl two\n\0";
+        let one = input.iter().position(|&b| b == 0).unwrap();
+        for timeouts in [&[][..], &[one], &[one + 1], &[one, input.len() - 1]] {
+            for out in frame_all_ways(100, input, timeouts) {
+                assert_eq!(
+                    out,
+                    [
+                        msg(
+                            b"<11>Dec  2 05:16:13 perltag[9987]: perl one",
+                            LineBreak::Newline,
+                            false
+                        ),
+                        msg(
+                            b"<11>Dec  2 05:16:13 perltag[9987]: perl two",
+                            LineBreak::Newline,
+                            false
+                        ),
+                    ],
+                    "timeouts {timeouts:?}"
+                );
+            }
+        }
+    }
+
+    /// Plain lines keep their NUL bytes; so does a line whose `<…>` is not a valid PRI, and a
+    /// NUL that does not directly follow a record's end.
+    #[test]
+    fn nul_in_plain_lines_is_kept() {
+        for out in frame_all_ways(100, b"a\0b\n\0x\0\n<x>\0y\n<999>z\0w\nq\n\0r\n", &[]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"a\0b", LineBreak::Newline, false),
+                    msg(b"\0x\0", LineBreak::Newline, false),
+                    msg(b"<x>\0y", LineBreak::Newline, false),
+                    msg(b"<999>z\0w", LineBreak::Newline, false),
+                    msg(b"q", LineBreak::Newline, false),
+                    msg(b"\0r", LineBreak::Newline, false),
+                ]
+            );
+        }
+    }
+
+    /// A record cut at `max_line` or by a pause still ends at its NUL: its later pieces no
+    /// longer show the PRI, the line remembers it.
+    #[test]
+    fn a_cut_record_still_ends_at_nul() {
+        for out in frame_all_ways(4, b"<1>abcdef\0<2>x\0", &[]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"<1>a", LineBreak::LineMax, false),
+                    msg(b"bcde", LineBreak::LineMax, true),
+                    msg(b"f", LineBreak::Newline, true),
+                    msg(b"<2>x", LineBreak::Newline, false),
+                ]
+            );
+        }
+        for out in frame_all_ways(100, b"<1>abc\0def\0", &[5]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"<1>ab", LineBreak::Timeout, false),
+                    msg(b"c", LineBreak::Newline, true),
+                    msg(b"def\0", LineBreak::Eof, false),
+                ]
+            );
         }
     }
 

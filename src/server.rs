@@ -20,6 +20,8 @@ use crate::lifecycle::{Control, Heartbeat, Supervisor, Watchdog};
 use crate::listener::{Listeners, Socket};
 use crate::ratelimit::{Key, RateLimiter};
 
+mod datagram;
+
 /// Live figures, for `STATUS=` and the logs.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -164,6 +166,9 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     let single = listeners.is_single_connection();
     let Listeners { sockets, bound } = listeners;
     let named = sockets.len() > 1;
+    // One socket unit names all its sockets alike (`FileDescriptorName=` is per unit): a name
+    // that two listeners share gives way to each one's own address, so SOCKET= tells them apart.
+    let names = listener_names(&sockets);
     let next_id = Arc::new(AtomicU64::new(1));
     let tracker = TaskTracker::new();
     let accept_loops = TaskTracker::new();
@@ -171,7 +176,7 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     // Accept loops wake this often to show the watchdog they are alive.
     let beat_every = control.watchdog.map(|w| w / 4);
 
-    for listener in sockets {
+    for (listener, name) in sockets.into_iter().zip(names) {
         let origin = listener.origin.clone();
         let registering = |e| Error::io(format!("{origin}: registering with the runtime"), e);
         listener.socket.set_nonblocking().map_err(registering)?;
@@ -190,7 +195,7 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
             ctx: ctx.clone(),
             tracker: tracker.clone(),
             next_id: next_id.clone(),
-            socket_name: named.then(|| Arc::from(listener.name.as_str())),
+            socket_name: named.then(|| Arc::from(name.as_str())),
             heartbeat: beat_every.map(|every| (heart.clone(), every)),
         };
         match listener.socket {
@@ -209,6 +214,21 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
             }
             Socket::ConnectedTcp(s) => {
                 accept.tcp_connection(tokio::net::TcpStream::from_std(s).map_err(registering)?);
+            }
+            Socket::Datagram(s) => {
+                let s = tokio::net::UnixDatagram::from_std(s).map_err(registering)?;
+                hearts.push(heart);
+                let datagrams = datagram::Datagrams {
+                    ctx: accept.ctx,
+                    next_id: accept.next_id,
+                    socket_name: accept.socket_name,
+                    heartbeat: accept.heartbeat,
+                };
+                accept_loops.spawn(contain(datagrams.run(s)).map(|served| {
+                    if let Err(panic) = served {
+                        tracing::error!("the datagram socket's loop panicked: {panic}");
+                    }
+                }));
             }
         }
     }
@@ -307,6 +327,22 @@ async fn drain_while_delivering(
             }
         }
     }
+}
+
+/// Each listener's name for `SOCKET=`: its `FileDescriptorName=`, or its address when another
+/// listener has the same name.
+fn listener_names(sockets: &[crate::listener::Listener]) -> Vec<String> {
+    sockets
+        .iter()
+        .map(|l| {
+            let shared = sockets.iter().filter(|o| o.name == l.name).count() > 1;
+            if shared {
+                l.socket.address()
+            } else {
+                l.name.clone()
+            }
+        })
+        .collect()
 }
 
 enum Incoming {

@@ -69,17 +69,25 @@ const MONTHS: [&[u8; 3]; 12] = [
 /// `Mmm dd hh:mm:ss ` then `[hostname ]tag[[pid]]:` then the text.
 fn parse_3164(text: &[u8]) -> Option<(Header<'_>, &[u8])> {
     let ts = text.get(..15)?;
-    let digits = |r: std::ops::Range<usize>| ts[r].iter().all(u8::is_ascii_digit);
-    let day_ok = (ts[4] == b' ' || ts[4].is_ascii_digit()) && ts[5].is_ascii_digit();
+    // A number of two digits (the first may be a space, for the day) up to `max`.
+    let number = |at: usize, min: u8, max: u8| {
+        let tens = match ts[at] {
+            b' ' if at == 4 => 0,
+            d @ b'0'..=b'9' => d - b'0',
+            _ => return false,
+        };
+        ts[at + 1].is_ascii_digit() && (min..=max).contains(&(tens * 10 + ts[at + 1] - b'0'))
+    };
+    // An impossible date or time (`Nov 25 99:99:99`) is no header: the line is kept whole.
     if !MONTHS.iter().any(|m| &ts[..3] == *m)
         || ts[3] != b' '
-        || !day_ok
+        || !number(4, 1, 31)
         || ts[6] != b' '
-        || !digits(7..9)
+        || !number(7, 0, 23)
         || ts[9] != b':'
-        || !digits(10..12)
+        || !number(10, 0, 59)
         || ts[12] != b':'
-        || !digits(13..15)
+        || !number(13, 0, 60)
         || text.get(15) != Some(&b' ')
     {
         return None;
@@ -90,6 +98,7 @@ fn parse_3164(text: &[u8]) -> Option<(Header<'_>, &[u8])> {
     let word = token_end(rest);
     if word > 0
         && rest.get(word) == Some(&b' ')
+        && printable(&rest[..word])
         && !rest[..word].iter().any(|&b| b == b':' || b == b'[')
     {
         rest = &rest[word + 1..];
@@ -98,7 +107,7 @@ fn parse_3164(text: &[u8]) -> Option<(Header<'_>, &[u8])> {
         .iter()
         .position(|&b| b == b'[' || b == b':' || b == b' ')
         .unwrap_or(rest.len());
-    if tag_len == 0 || tag_len > 64 {
+    if tag_len == 0 || tag_len > 64 || !printable(&rest[..tag_len]) {
         return None;
     }
     let identifier = &rest[..tag_len];
@@ -106,7 +115,7 @@ fn parse_3164(text: &[u8]) -> Option<(Header<'_>, &[u8])> {
     let mut pid = None;
     if rest.first() == Some(&b'[') {
         let close = rest.iter().take(130).position(|&b| b == b']')?;
-        if close < 2 {
+        if close < 2 || !printable(&rest[1..close]) {
             return None;
         }
         pid = Some(&rest[1..close]);
@@ -126,6 +135,12 @@ fn parse_3164(text: &[u8]) -> Option<(Header<'_>, &[u8])> {
     ))
 }
 
+/// RFC 5424's PRINTUSASCII (0x21–0x7E), all that a tag, hostname, PROCID or MSGID may hold: a
+/// newline or an escape sequence there would let a client forge what `journalctl` shows.
+fn printable(s: &[u8]) -> bool {
+    s.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
 /// Where the current space-free word ends.
 fn token_end(s: &[u8]) -> usize {
     s.iter().position(|&b| b == b' ').unwrap_or(s.len())
@@ -135,7 +150,7 @@ fn token_end(s: &[u8]) -> usize {
 fn parse_5424(mut text: &[u8]) -> Option<(Header<'_>, &[u8])> {
     let mut field = |max: usize| -> Option<&[u8]> {
         let end = token_end(text);
-        if end == 0 || end > max || text.get(end) != Some(&b' ') {
+        if end == 0 || end > max || text.get(end) != Some(&b' ') || !printable(&text[..end]) {
             return None;
         }
         let f = &text[..end];
@@ -269,6 +284,17 @@ mod tests {
     }
 
     #[test]
+    fn edge_times_are_headers() {
+        for text in [
+            &b"Nov  1 00:00:00 tag: t"[..],
+            b"Dec 31 23:59:60 tag: t",
+            b"Feb 09 05:06:07 tag: t",
+        ] {
+            assert!(h(text).is_some(), "{:?}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
     fn near_misses_are_not_headers() {
         for text in [
             &b"Nov 25 21:57:27"[..],
@@ -283,6 +309,20 @@ mod tests {
             b"1 2026-11-25T00:00:00Z host app - -x",
             b"12 apples",
             b"plain text",
+            // Issue 15.4: impossible times, and fields holding more than printable ASCII.
+            b"Nov 25 99:99:99 host tag: t",
+            b"Nov 25 24:00:00 tag: t",
+            b"Nov 32 21:57:27 tag: t",
+            b"Nov 00 21:57:27 tag: t",
+            b"Nov 25 21:60:27 tag: t",
+            b"Nov 25 21:57:27 ta\ng: t",
+            b"Nov 25 21:57:27 \x1b[2Jtag: t",
+            b"Nov 25 21:57:27 host\x1b x\x1b: t",
+            b"Nov 25 21:57:27 tag[1\r2]: t",
+            b"Nov 25 21:57:27 t\xc3\xa4g: t",
+            b"1 - - ap\x1bp - - - x",
+            b"1 - - app 1\x07 - - x",
+            b"1 - - app - ID\x7f - x",
         ] {
             assert_eq!(h(text), None, "{:?}", String::from_utf8_lossy(text));
         }

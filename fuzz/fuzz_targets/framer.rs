@@ -4,7 +4,8 @@
 //! octet-counted (RFC 6587); the way the input is cut into reads changes nothing; no byte is
 //! invented. With timeouts (issue 13.4/13.8): a line is one line across its pieces — exactly its
 //! first piece is not a continuation, so its state (priority, header) carries to every other
-//! piece; and no byte of a line is lost, nor a CRLF's `\r` kept.
+//! piece; and no byte of a line is lost, nor a CRLF's `\r` kept. NUL framing (issue 15): a
+//! syslog record never holds a NUL, which ends it.
 #![no_main]
 
 use app::protocol::{Framer, LineBreak};
@@ -72,6 +73,17 @@ fuzz_target!(|data: &[u8]| {
         assert!(!bytes.is_empty());
         assert!(bytes.len() <= max);
         assert!(*octet_counted || !bytes.contains(&b'\n'));
+    }
+    // Issue 15.1: a syslog record (a line whose first piece starts with a valid `<PRI>`) ends at
+    // a NUL: none of its pieces holds one, with or without timeouts.
+    for out in [&whole, &timed] {
+        let mut record = false;
+        for (bytes, _, continuation, octet_counted) in out {
+            if !continuation {
+                record = !octet_counted && app::protocol::parse_prefix(bytes).0.is_some();
+            }
+            assert!(!(record && bytes.contains(&0)), "a record holds a NUL: {bytes:?}");
+        }
     }
     // Without octet counting (no digit can start one), the pieces are exactly the lines: each
     // line's bytes (its CRLF or LF, and a `\r` before EOF, not included), its first piece alone

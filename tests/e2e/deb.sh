@@ -149,6 +149,21 @@ step3b() {
 }
 check "3b. 'app send' with no --socket: alice (group app) reaches /run/app.sock; bob's error names the path tried" step3b
 
+# 3c. the datagram socket (ListenDatagram=/run/app.dgram, PassCredentials=yes)
+step3c() {
+    [ "$(c stat -c '%A %U %G' /run/app.dgram)" = "srw-rw---- root app" ] || return 1
+    local alice_uid
+    alice_uid=$(c id -u alice)
+    csh "runuser -u alice -- logger -d --socket-errors=on -u /run/app.dgram -t e2edgram -p local0.warning dgram-e2e" || return 1
+    await "journalctl -u app.service -o json MESSAGE=dgram-e2e | grep -q '\"CLIENT_UID\":\"$alice_uid\"'" || return 1
+    local json
+    json=$(csh "journalctl -u app.service -o json MESSAGE=dgram-e2e")
+    echo "$json" | grep -q '"SYSLOG_IDENTIFIER":"e2edgram"' || return 1
+    echo "$json" | grep -q '"SYSLOG_FACILITY":"16"' || return 1
+    echo "$json" | grep -q '"SOCKET":"/run/app.dgram"'
+}
+check "3c. logger -u /run/app.dgram (one datagram, as alice) is under journalctl -u app.service with CLIENT_UID, tag, facility, SOCKET" step3c
+
 # 4. 20 × 1000 lines with app's limiter off; a flood cut at the shipped burst
 step4() {
     csh "sed -i 's/^# rate_limit_burst = 10000\$/rate_limit_burst = 0/' /etc/app/app.toml" || return 1

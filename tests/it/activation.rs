@@ -129,17 +129,21 @@ fn listen_pid_of_another_process_is_ignored() {
     assert!(!daemon.socket.exists(), "its own socket is removed on exit");
 }
 
+/// Issue 15.2: an inherited Unix datagram socket (`ListenDatagram=`) is served, one message
+/// per datagram.
 #[test]
-fn inherited_datagram_socket_is_a_startup_error() {
+fn inherited_datagram_socket_is_served() {
     let dir = temp_dir();
     let path = dir.path().join("dgram.sock");
-    let child = Command::new("systemd-socket-activate")
+    let out_path = dir.path().join("stdout");
+    let mut child = Command::new("systemd-socket-activate")
         .die_with_test()
         .args(["--datagram", "-l"])
         .arg(&path)
-        .args([APP, "serve"])
+        .args([APP, "serve", "--sink", "stdout"])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::piped())
         .spawn()
         .expect("systemd-socket-activate");
@@ -151,12 +155,60 @@ fn inherited_datagram_socket_is_a_startup_error() {
     );
     std::os::unix::net::UnixDatagram::unbound()
         .unwrap()
-        .send_to(b"x", &path)
+        .send_to(b"<13>Nov 25 21:57:27 dtag[7]: hello datagram\n", &path)
         .unwrap();
+    let find = |what: &str| {
+        wait_until(std::time::Duration::from_secs(10), "the message", || {
+            let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+            out.lines().find(|l| l.contains(what)).map(str::to_owned)
+        })
+    };
+    // The datagram that started it was queued before anyone turned on SO_PASSCRED
+    // (systemd-socket-activate has no PassCredentials=): the kernel reports no pid for it.
+    let line = find("hello datagram");
+    assert!(line.contains("dtag[uid="), "{line}");
+    assert!(line.ends_with("<5> hello datagram"), "{line}");
+    // Once the daemon runs, each datagram carries its sender's credentials.
+    std::os::unix::net::UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"<14>second\0", &path)
+        .unwrap();
+    let line = find("second");
+    let me = format!("[pid={} uid=0 ", std::process::id());
+    assert!(line.contains(&me), "{line}");
+    assert!(line.ends_with("<6> second"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A socket of another kind (seqpacket) is still a clear startup error naming the fd.
+#[test]
+fn inherited_seqpacket_socket_is_a_startup_error() {
+    let dir = temp_dir();
+    let path = dir.path().join("seq.sock");
+    let child = Command::new("systemd-socket-activate")
+        .args(["--seqpacket", "-l"])
+        .arg(&path)
+        .args([APP, "serve"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate");
+    wait_until(std::time::Duration::from_secs(10), "the socket", || {
+        path.exists().then_some(())
+    });
+    let client = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(&client, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("app: fd 3: a datagram socket"), "{stderr}");
+    assert!(stderr.contains("app: fd 3: a seqpacket socket"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

@@ -18,3 +18,4 @@ mod sink;
 mod soak;
 mod socket;
 mod support;
+mod syslog_clients;
