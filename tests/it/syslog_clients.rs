@@ -275,8 +275,12 @@ fn nginx_access_log_over_datagrams_journald() {
          scgi_temp_path {d}/scgi;\n  server {{ listen {addr}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    // In a pid namespace of its own: its worker does not die with the master, but every process
+    // in the namespace dies with the namespace's first one (and that one with the test).
     let nginx = Reaped(
-        Command::new("nginx")
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "nginx"])
+            .die_with_test()
             .args(["-p", &d.to_string(), "-e", &format!("{d}/startup.log")])
             .arg("-c")
             .arg(dir.path().join("nginx.conf"))
@@ -285,7 +289,8 @@ fn nginx_access_log_over_datagrams_journald() {
             .expect("nginx"),
     );
     let worker = wait_until(Duration::from_secs(10), "nginx's worker", || {
-        children(nginx.0.id()).first().copied()
+        let master = children(nginx.0.id()).first().copied()?;
+        children(master).first().copied()
     });
     let probe = format!("/probe-{}", std::process::id());
     let response = wait_until(Duration::from_secs(10), "nginx answering", || {
@@ -335,6 +340,7 @@ fn haproxy_logs_over_datagrams_journald() {
     std::fs::write(dir.path().join("haproxy.cfg"), conf).unwrap();
     let haproxy = Reaped(
         Command::new("haproxy")
+            .die_with_test()
             .arg("-db")
             .arg("-f")
             .arg(dir.path().join("haproxy.cfg"))
