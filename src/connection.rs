@@ -139,9 +139,10 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
         // A client that has spent its rate-limit budget is not read until its window ends:
         // its writes block in the kernel, which is the backpressure it asked for.
         let mut paused_until = conn.paused_until(&settings);
-        // ...unless it has hung up: then what it left in its socket is read now, and what is
-        // over the budget is dropped and counted, so that it is not kept waiting for the close.
-        if paused_until.is_some() && stream.hung_up() {
+        // ...unless it has hung up, or the daemon is stopping: then what it left in its socket
+        // is read now, and what is over the budget is dropped and counted (there is no next
+        // window to log it in), so that it is neither kept waiting nor lost uncounted.
+        if paused_until.is_some() && (drain_until.is_some() || stream.hung_up()) {
             paused_until = None;
         }
         let flush_after = settings.protocol.flush_after;
@@ -230,7 +231,10 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                     if drain_until.is_none() && ctx.shutdown.is_cancelled() {
                         break;
                     }
-                    if conn.paused_until(&settings).is_some() && !stream.hung_up() {
+                    if conn.paused_until(&settings).is_some()
+                        && drain_until.is_none()
+                        && !stream.hung_up()
+                    {
                         break;
                     }
                 }

@@ -474,15 +474,20 @@ fn check_parent(fd: &OwnedFd, dir: &std::path::Path, key: &str) -> Result<(), Er
     let mode = st.st_mode;
     let egid = rustix::process::getegid().as_raw();
     let euid = rustix::process::geteuid().as_raw();
-    let others_write = mode & 0o002 != 0 || (mode & 0o020 != 0 && st.st_gid != egid);
-    let sticky_and_trusted = mode & 0o1000 != 0 && (st.st_uid == 0 || st.st_uid == euid);
+    // A directory's owner can always make it writable (chmod), so one owned by another user
+    // counts as writable by others whatever its mode says.
+    let trusted_owner = st.st_uid == 0 || st.st_uid == euid;
+    let others_write =
+        !trusted_owner || mode & 0o002 != 0 || (mode & 0o020 != 0 && st.st_gid != egid);
+    let sticky_and_trusted = mode & 0o1000 != 0 && trusted_owner;
     if others_write && !sticky_and_trusted {
         return Err(Error::Config(format!(
-            "{key}: {} is writable by other users (mode {:04o}) and not sticky: another \
-             user could replace the socket; use a directory only root (or the daemon's user) \
-             can write, such as /run",
+            "{key}: {} is writable by other users (mode {:04o}, owner uid {}) and not sticky: \
+             another user could replace the socket; use a directory only root (or the daemon's \
+             user) can write, such as /run",
             dir.display(),
-            mode & 0o7777
+            mode & 0o7777,
+            st.st_uid
         )));
     }
     Ok(())
@@ -710,6 +715,25 @@ mod tests {
         let bound = bind(&settings(&path)).unwrap();
         UnixStream::connect(&path).expect("the socket answers");
         drop(bound);
+        assert!(!path.exists());
+    }
+
+    /// Needs root (to give the directory to another user), as the integration tests named
+    /// `*_root` do; CI runs as root.
+    #[test]
+    fn a_parent_owned_by_another_user_is_refused_root() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root: it gives a directory to uid 65534"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("theirs");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        let path = parent.join("app.sock");
+        let err = bind(&settings(&path)).unwrap_err();
+        assert!(err.to_string().contains("owner uid 65534"), "{err}");
         assert!(!path.exists());
     }
 

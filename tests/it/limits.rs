@@ -168,6 +168,34 @@ fn a_rate_limited_client_that_hangs_up_is_let_go() {
     );
 }
 
+/// At stop there is no next window: what a rate-limited client sent while it was not read is
+/// read at the drain, over the budget, and dropped *and counted*, not lost with the socket.
+#[test]
+fn at_stop_a_rate_limited_clients_unread_lines_are_counted() {
+    let mut daemon = DaemonBuilder::new()
+        .stdout_sink()
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "10")
+        .env("APP_LIMITS__RATE_LIMIT_INTERVAL", "60s")
+        .start();
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    let first: String = (0..11).map(|i| format!("first{i}\n")).collect();
+    s.write_all(first.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(b"later0\nlater1\nlater2\nlater3\nlater4\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // The client stays connected: the stop drains it until the drain deadline, as any client.
+    assert!(daemon.stop().success());
+    let out = daemon.stdout();
+    let logged = out.lines().filter(|l| l.contains("> first")).count();
+    assert_eq!(logged, 10, "{out}");
+    assert!(!out.contains("> later"), "{out}");
+    assert!(
+        out.contains("suppressed 6 messages from uid 0"),
+        "the 1 + 5 lines over the budget are counted:\n{out}"
+    );
+}
+
 #[test]
 fn rate_limit_burst_zero_is_off() {
     let mut daemon = DaemonBuilder::new()
