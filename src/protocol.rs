@@ -67,6 +67,11 @@ pub struct Framer {
     record: bool,
     /// A syslog record just ended: a NUL right here (Perl's `\n\0`) is dropped.
     after_record: bool,
+    /// This connection has sent a syslog record: from then on it is a syslog client, every
+    /// line on it also ends at a NUL and a NUL right after a line's end is dropped. The lines
+    /// of a record that holds newlines (a Python traceback, a Perl message with `\n`) then end
+    /// at their NUL too instead of running into the next record.
+    syslog_client: bool,
 }
 
 /// What the start of a message says about RFC 6587 octet counting.
@@ -114,6 +119,7 @@ impl Framer {
             header_stash: false,
             record: false,
             after_record: false,
+            syslog_client: false,
         }
     }
 
@@ -230,13 +236,17 @@ impl Framer {
             // A syslog record (a line that starts with `<PRI>`) also ends at a NUL (Python's
             // SysLogHandler, Perl's Sys::Syslog); a plain line keeps its NUL bytes. Only a line
             // that starts with `<` pays for the second search.
-            let may_be_record = if self.continuing {
+            let may_be_record = if self.syslog_client {
+                true
+            } else if self.continuing {
                 self.record
             } else {
                 self.pending.first().unwrap_or(&rest[0]) == &b'<'
             };
             let nul_end = if may_be_record {
-                memchr2(b'\n', 0, window).filter(|&i| window[i] == 0 && self.is_record(&rest[..i]))
+                memchr2(b'\n', 0, window).filter(|&i| {
+                    window[i] == 0 && (self.syslog_client || self.is_record(&rest[..i]))
+                })
             } else {
                 None
             };
@@ -247,8 +257,10 @@ impl Framer {
             });
             let go_on = if let Some(i) = newline {
                 pos += i + 1;
-                self.after_record =
-                    nul_end.is_some() || (may_be_record && self.is_record(&rest[..i]));
+                self.after_record = self.syslog_client
+                    || nul_end.is_some()
+                    || (may_be_record && self.is_record(&rest[..i]));
+                self.syslog_client |= self.after_record;
                 self.record = false;
                 let continuation = std::mem::replace(&mut self.continuing, false);
                 if self.pending.is_empty() {
@@ -951,7 +963,45 @@ mod tests {
                 [
                     msg(b"<1>ab", LineBreak::Timeout, false),
                     msg(b"c", LineBreak::Newline, true),
-                    msg(b"def\0", LineBreak::Eof, false),
+                    // A syslog client's connection: every line on it ends at a NUL.
+                    msg(b"def", LineBreak::Newline, false),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_with_newlines_does_not_run_into_the_next() {
+        // Python's SysLogHandler with a traceback: one NUL ends the whole record.
+        for out in frame_all_ways(100, b"<11>boom\nTraceback\nZeroDiv\0<12>after\0", &[]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"<11>boom", LineBreak::Newline, false),
+                    msg(b"Traceback", LineBreak::Newline, false),
+                    msg(b"ZeroDiv", LineBreak::Newline, false),
+                    msg(b"<12>after", LineBreak::Newline, false),
+                ]
+            );
+        }
+        // Perl's Sys::Syslog: `\n\0` after every record, newlines inside one.
+        for out in frame_all_ways(100, b"<11>one\ntwo\n\0<12>next\n\0", &[]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"<11>one", LineBreak::Newline, false),
+                    msg(b"two", LineBreak::Newline, false),
+                    msg(b"<12>next", LineBreak::Newline, false),
+                ]
+            );
+        }
+        // A connection that never sent a record keeps NUL bytes in its lines.
+        for out in frame_all_ways(100, b"a\0b\n\0c\n", &[]) {
+            assert_eq!(
+                out,
+                [
+                    msg(b"a\0b", LineBreak::Newline, false),
+                    msg(b"\0c", LineBreak::Newline, false),
                 ]
             );
         }
