@@ -124,6 +124,72 @@ fn python_syslog_handler_stream_and_datagram_journald() {
     }
 }
 
+/// `logger.exception()` sends its traceback inside the record (`<11>boom\nTraceback…\0`): the
+/// record after it is still one entry of its own, at its priority, logged at once — the
+/// traceback does not swallow it.
+#[test]
+fn python_traceback_does_not_swallow_the_next_record_journald() {
+    let journald = Journald::start();
+    let id = identifier("pytrace");
+    let dir = temp_dir();
+    let (daemon, _dgram) = daemon_with_datagrams(&journald, &id, dir.path());
+    let script = format!(
+        r#"
+import logging, logging.handlers, time
+h = logging.handlers.SysLogHandler(address={address:?})
+log = logging.getLogger("pytrace"); log.addHandler(h)
+try:
+    1 / 0
+except ZeroDivisionError:
+    log.exception("boom")
+log.warning("after the traceback")
+print(time.time_ns() // 1000, flush=True)
+time.sleep(1.5)
+h.close()
+"#,
+        address = daemon.socket.to_str().unwrap()
+    );
+    let child = Command::new("python3")
+        .die_with_test()
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let written: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let after = wait_entries(
+        &journald,
+        &[&format!("CLIENT_PID={pid}"), "MESSAGE=after the traceback"],
+        1,
+    );
+    assert_eq!(after[0].get("PRIORITY"), "4");
+    assert_eq!(after[0].get("SYSLOG_IDENTIFIER"), id);
+    let late_us = realtime(&after[0]).saturating_sub(written);
+    assert!(late_us < 100_000, "logged {late_us} µs late");
+    let all = journald.query(&[&format!("CLIENT_PID={pid}")]);
+    let messages: Vec<Vec<u8>> = all.iter().filter_map(|e| e.bytes("MESSAGE")).collect();
+    assert!(
+        messages.iter().any(|m| m == b"boom"),
+        "the record's first line: {messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == b"ZeroDivisionError: division by zero"),
+        "the traceback's last line, ended by its NUL: {messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains(&0)),
+        "no NUL in any entry: {messages:?}"
+    );
+}
+
 /// Perl's Sys::Syslog (0.36, Debian 12) with `setlogsock({type => "unix", path => …})`: a stream
 /// connection (it falls back to a datagram one only if that fails), `<PRI>… \n\0` per record.
 #[test]
