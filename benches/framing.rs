@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
-use app::connection::{self, LineState};
 use app::journal::{Batch, Encoder, Peer, Target};
 use app::protocol::Framer;
+use app::server::connection::{self, LineState};
 
 struct Counting;
 

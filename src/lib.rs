@@ -7,19 +7,16 @@
 pub mod budget;
 pub mod cli;
 pub mod config;
-pub mod connection;
 pub mod error;
 pub mod journal;
-pub mod lifecycle;
 pub mod listener;
 pub mod logging;
-pub mod notify;
 pub mod peer;
 pub mod protocol;
 pub mod ratelimit;
 pub mod send;
 pub mod server;
 pub mod shutdown;
-pub mod syslog;
+pub mod systemd;
 
 pub use error::Error;

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use app::cli::{Cli, Command, ServeArgs};
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
 use app::error::{EXIT_FAILURE, Error};
-use app::lifecycle::Control;
-use app::notify::{self, Notifier};
+use app::server::supervisor::Control;
+use app::systemd::notify::{self, Notifier};
 use app::{listener, logging, server, shutdown};
 
 fn main() -> ExitCode {
@@ -126,7 +126,7 @@ fn reload(args: &app::cli::ReloadArgs) -> anyhow::Result<()> {
         .to_str()
         .and_then(|s| s.split(':').next())
         .map_or(args.runtime_directory.clone(), std::path::PathBuf::from);
-    app::lifecycle::reload_and_wait(args.pid, &dir, args.timeout)
+    app::server::supervisor::reload_and_wait(args.pid, &dir, args.timeout)
         .map_err(|why| anyhow::anyhow!("reload of pid {}: {why}", args.pid))
 }
 
@@ -157,7 +157,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // descriptors can still say it failed.
     let reload_status = runtime_directory.and_then(|dirs| {
         let first = dirs.to_str()?.split(':').next()?.to_owned();
-        match app::lifecycle::ReloadStatus::create(std::path::Path::new(&first)) {
+        match app::server::supervisor::ReloadStatus::create(std::path::Path::new(&first)) {
             Ok(file) => Some(file),
             Err(e) => {
                 tracing::warn!(

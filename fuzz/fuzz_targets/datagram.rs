@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
-use app::connection::{self, LineState};
+use app::server::connection::{self, LineState};
 use app::journal::{Batch, Encoder, Peer, Target};
 use app::protocol::datagram_pieces;
 use libfuzzer_sys::fuzz_target;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
-use app::connection::{self, LineState};
+use app::server::connection::{self, LineState};
 use app::journal::{Batch, Encoder, Peer, Target, parse_native};
 use app::protocol::{Framer, LineBreak};
 use libfuzzer_sys::fuzz_target;

@@ -18,11 +18,11 @@ use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
 use super::Context;
-use crate::connection::{self, LineState};
 use crate::journal::{self, Batch, Encoder, Peer};
-use crate::lifecycle::Heartbeat;
 use crate::protocol;
 use crate::ratelimit::Key;
+use crate::server::connection::{self, LineState};
+use crate::server::supervisor::Heartbeat;
 
 /// The largest datagram read whole: more than the kernel's default `wmem_max` (208 KiB) lets a
 /// sender write. A longer one (a raised `wmem_max`) is cut here and says so in the logs.

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use crate::config::{self, JsonMode, Settings};
 use crate::journal::{self, Batch, Encoder, Peer, Record, Target};
 use crate::peer::Attribution;
+use crate::protocol::syslog;
 use crate::protocol::{self, Framer, LineBreak, Message, json};
 use crate::ratelimit::{Admission, Key};
 use crate::server::Context;
-use crate::syslog;
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.

@@ -13,9 +13,9 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::journal::{self, SinkHandle};
 use crate::logging::LogHandle;
-use crate::notify::Notifier;
 use crate::ratelimit::RateLimiter;
 use crate::server::Stats;
+use crate::systemd::notify::Notifier;
 
 /// Re-reads the configuration (all layers) for a reload.
 pub type Reloader = Box<dyn FnMut() -> Result<Settings, Error> + Send>;
@@ -464,7 +464,10 @@ impl ReloadStatus {
             ReloadState::Reloading => format!("{pid} {seq} reloading\n"),
             ReloadState::Done(Ok(())) => format!("{pid} {seq} ok\n"),
             ReloadState::Done(Err(why)) => {
-                format!("{pid} {seq} failed: {}\n", crate::notify::one_line(&why))
+                format!(
+                    "{pid} {seq} failed: {}\n",
+                    crate::systemd::notify::one_line(&why)
+                )
             }
         };
         // One pwrite, then the length: a reader that sees a longer old tail finds two lines

@@ -1085,7 +1085,7 @@ mod shipped_file {
     /// load and give exactly the built-in defaults (with the example group left out).
     #[test]
     fn shipped_config_lists_every_key_with_its_default() {
-        let shipped = include_str!("../packaging/app.toml");
+        let shipped = include_str!("../../packaging/app.toml");
         let uncommented: String =
             shipped
                 .lines()

@@ -162,7 +162,7 @@ pub struct Record<'a> {
     /// `journal.identifier`: used unless the syslog header names a tag.
     pub identifier: &'a str,
     /// A syslog header the client sent, if any.
-    pub header: Option<crate::syslog::Header<'a>>,
+    pub header: Option<crate::protocol::syslog::Header<'a>>,
 }
 
 impl Record<'_> {

@@ -10,6 +10,7 @@ mod datagram;
 pub use datagram::datagram_pieces;
 
 pub mod json;
+pub mod syslog;
 
 /// Why a message ended, when it did not end with a newline (the journal's `LINE_BREAK=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,14 +13,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget::Budget;
 use crate::config::Settings;
-use crate::connection::{self, Stream};
 use crate::error::Error;
 use crate::journal::{self, Peer, SinkHandle, Target};
-use crate::lifecycle::{Control, Heartbeat, Supervisor, Watchdog};
 use crate::listener::{Listeners, Socket};
 use crate::ratelimit::{Key, RateLimiter};
+use connection::Stream;
+use supervisor::{Control, Heartbeat, Supervisor, Watchdog};
 
+pub mod connection;
 mod datagram;
+pub mod supervisor;
 
 /// Live figures, for `STATUS=` and the logs.
 #[derive(Debug, Default)]
@@ -298,7 +300,7 @@ async fn drain_while_delivering(
     drain: impl std::future::Future<Output = ()>,
     counters: &journal::SinkCounters,
     timeout: Duration,
-    notifier: &crate::notify::Notifier,
+    notifier: &crate::systemd::notify::Notifier,
 ) -> bool {
     let mut drain = std::pin::pin!(drain);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
