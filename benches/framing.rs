@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
-use app::journal::{Batch, Encoder, Peer, Target};
+use app::journal::entry::Encoder;
+use app::journal::{Batch, Target};
+use app::peer::Peer;
 use app::protocol::Framer;
 use app::server::connection::{self, LineState};
 

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
 use app::server::connection::{self, LineState};
-use app::journal::{Batch, Encoder, Peer, Target};
+use app::journal::{Batch, Target};
+use app::journal::entry::Encoder;
+use app::peer::Peer;
 use app::protocol::datagram_pieces;
 use libfuzzer_sys::fuzz_target;
 

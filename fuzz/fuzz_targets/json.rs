@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
 use app::server::connection::{self, LineState};
-use app::journal::{Batch, Encoder, Peer, Target, parse_native};
+use app::journal::{Batch, Target};
+use app::journal::entry::{Encoder, parse_native};
+use app::peer::Peer;
 use app::protocol::{Framer, LineBreak};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};

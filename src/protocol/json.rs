@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::journal::push_field;
+use crate::journal::entry::push_field;
 
 /// Objects nested deeper than this are not mapped: the line is logged as plain text.
 pub const MAX_DEPTH: usize = 32;

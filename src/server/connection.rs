@@ -9,8 +9,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{self, JsonMode, Settings};
-use crate::journal::{self, Batch, Encoder, Peer, Record, Target};
+use crate::journal::entry::{Encoder, Record};
+use crate::journal::{self, Batch, Target};
 use crate::peer::Attribution;
+use crate::peer::Peer;
 use crate::protocol::syslog;
 use crate::protocol::{self, Framer, LineBreak, Message, json};
 use crate::ratelimit::{Admission, Key};

@@ -18,7 +18,9 @@ use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
 use super::Context;
-use crate::journal::{self, Batch, Encoder, Peer};
+use crate::journal::entry::Encoder;
+use crate::journal::{self, Batch};
+use crate::peer::Peer;
 use crate::protocol;
 use crate::ratelimit::Key;
 use crate::server::connection::{self, LineState};

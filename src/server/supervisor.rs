@@ -204,7 +204,8 @@ impl Supervisor {
         for report in self.limiter.take_reports(interval, Instant::now()) {
             let message = format!("suppressed {} messages from {}", report.dropped, report.key);
             let about = report.key.to_string();
-            let batch = journal::notice(self.sink.target(), &identifier, 4, &message, &about);
+            let batch =
+                journal::entry::notice(self.sink.target(), &identifier, 4, &message, &about);
             self.reports.push_back(batch);
         }
     }

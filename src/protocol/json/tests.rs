@@ -1,7 +1,7 @@
 //! Unit tests of `protocol::json`.
 
 use super::*;
-use crate::journal::parse_native;
+use crate::journal::entry::parse_native;
 
 const OPTIONS: Options = Options {
     max_fields: 64,

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::config::{self, ConfigFile, Overrides, Sources};
-use crate::journal::{Target, parse_native};
+use crate::journal::Target;
+use crate::journal::entry::parse_native;
 use std::collections::HashMap;
 
 fn settings(max_line: usize) -> Settings {
