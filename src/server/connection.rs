@@ -16,7 +16,7 @@ use crate::peer::Peer;
 use crate::protocol::syslog;
 use crate::protocol::{self, Framer, LineBreak, Message, json};
 use crate::ratelimit::{Admission, Key};
-use crate::server::Context;
+use crate::server::state::Context;
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.

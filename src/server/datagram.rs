@@ -17,7 +17,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFl
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
-use super::Context;
+use super::state::Context;
 use crate::journal::entry::Encoder;
 use crate::journal::{self, Batch};
 use crate::peer::Peer;

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::journal::{self, SinkHandle};
 use crate::logging::LogHandle;
 use crate::ratelimit::RateLimiter;
-use crate::server::Stats;
+use crate::server::state::Stats;
 use crate::systemd::notify::Notifier;
 
 /// Re-reads the configuration (all layers) for a reload.

@@ -1,6 +1,13 @@
-//! Unit tests of `server`.
+//! Unit tests of `server::accept`.
 
 use super::*;
+use std::collections::HashMap;
+
+use crate::budget::Budget;
+use crate::journal::{self, Target};
+use crate::server::state::Stats;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn a_panicking_connection_is_contained() {
