@@ -1,5 +1,6 @@
 //! Unit tests of `config`.
 
+use super::validate::*;
 use super::*;
 
 fn load_with(
