@@ -1,4 +1,4 @@
-//! Unit tests of `protocol`.
+//! Unit tests of `protocol::framer`.
 
 use super::*;
 
@@ -463,59 +463,6 @@ fn a_cut_record_still_ends_at_nul() {
                 msg(b"c", LineBreak::Newline, true),
                 msg(b"def\0", LineBreak::Eof, false),
             ]
-        );
-    }
-}
-
-#[test]
-fn prefixes() {
-    for n in 0..=7u8 {
-        let text = format!("<{n}>msg");
-        let (p, rest) = parse_prefix(text.as_bytes());
-        assert_eq!(
-            p,
-            Some(Prefix {
-                priority: n,
-                facility: None
-            })
-        );
-        assert_eq!(rest, b"msg");
-    }
-    assert_eq!(
-        parse_prefix(b"<13>x"),
-        (
-            Some(Prefix {
-                priority: 5,
-                facility: Some(1)
-            }),
-            &b"x"[..]
-        )
-    );
-    assert_eq!(
-        parse_prefix(b"<191>x"),
-        (
-            Some(Prefix {
-                priority: 7,
-                facility: Some(23)
-            }),
-            &b"x"[..]
-        )
-    );
-    for kept in [
-        &b"<192>x"[..],
-        b"<999>x",
-        b"<1000>x",
-        b"<>x",
-        b"<a>x",
-        b"<03>x",
-        b"<3",
-        b"3>x",
-    ] {
-        assert_eq!(
-            parse_prefix(kept),
-            (None, kept),
-            "{:?}",
-            String::from_utf8_lossy(kept)
         );
     }
 }
