@@ -2,7 +2,6 @@
 
 use super::*;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 
 fn settings(path: &Path) -> SocketSettings {
@@ -12,56 +11,6 @@ fn settings(path: &Path) -> SocketSettings {
         group: None,
         datagram_path: None,
     }
-}
-
-/// Issue 15.2: an unconnected Unix datagram socket (`ListenDatagram=`) is served; a
-/// connected one, or a seqpacket socket, is still a clear startup error.
-#[test]
-fn classify_accepts_an_unconnected_datagram_socket_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = UnixDatagram::bind(dir.path().join("d")).unwrap();
-    let l = classify(d.into(), 7, "dgram".into()).unwrap();
-    assert!(matches!(l.socket, Socket::Datagram(_)));
-    assert_eq!(l.name, "dgram");
-    let (a, _b) = UnixDatagram::pair().unwrap();
-    let err = classify(a.into(), 7, "x".into()).unwrap_err();
-    assert_eq!(
-        err.to_string().split(';').next().unwrap(),
-        "fd 7: a connected datagram socket"
-    );
-    let seq = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
-    let err = classify(seq, 8, "x".into()).unwrap_err();
-    assert_eq!(
-        err.to_string().split(';').next().unwrap(),
-        "fd 8: a seqpacket socket"
-    );
-}
-
-#[test]
-fn classify_refuses_a_file() {
-    let f = tempfile::tempfile().unwrap();
-    let err = classify(f.into(), 9, "x".into()).unwrap_err();
-    assert_eq!(err.to_string(), "fd 9: not a socket");
-}
-
-#[test]
-fn classify_tells_listening_from_connected() {
-    let dir = tempfile::tempdir().unwrap();
-    let l = UnixListener::bind(dir.path().join("s")).unwrap();
-    let c = UnixStream::connect(dir.path().join("s")).unwrap();
-    assert!(matches!(
-        classify(l.into(), 3, "a".into()).unwrap().socket,
-        Socket::Unix(_)
-    ));
-    assert!(matches!(
-        classify(c.into(), 4, "b".into()).unwrap().socket,
-        Socket::ConnectedUnix(_)
-    ));
-    let t = TcpListener::bind("127.0.0.1:0").unwrap();
-    assert!(matches!(
-        classify(t.into(), 5, "c".into()).unwrap().socket,
-        Socket::Tcp(_)
-    ));
 }
 
 #[test]
