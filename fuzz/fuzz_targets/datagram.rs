@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
-use app::server::connection::{self, LineState};
+use app::server::encode::{self, LineState};
 use app::journal::{Batch, Target};
 use app::journal::entry::Encoder;
 use app::peer::Peer;
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let mut line = LineState::new(&settings);
     let mut batch = Batch::default();
     datagram_pieces(datagram, max, &mut |msg| {
-        connection::encode(msg, &mut line, &encoder, &settings, &mut batch);
+        encode::encode(msg, &mut line, &encoder, &settings, &mut batch);
         true
     });
     assert_eq!(batch.len(), pieces.len());

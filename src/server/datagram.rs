@@ -23,7 +23,8 @@ use crate::journal::{self, Batch};
 use crate::peer::Peer;
 use crate::protocol;
 use crate::ratelimit::Key;
-use crate::server::connection::{self, LineState};
+use crate::server::connection;
+use crate::server::encode::{self, LineState};
 use crate::server::supervisor::Heartbeat;
 
 /// The largest datagram read whole: more than the kernel's default `wmem_max` (208 KiB) lets a
@@ -170,7 +171,7 @@ impl Datagrams {
                 dropped += 1;
             } else {
                 left -= 1;
-                connection::encode(m, &mut line, &encoder, settings, batch);
+                encode::encode(m, &mut line, &encoder, settings, batch);
             }
             true
         });

@@ -21,6 +21,7 @@ use supervisor::{Control, Heartbeat, Supervisor, Watchdog};
 mod accept;
 pub mod connection;
 mod datagram;
+pub mod encode;
 pub mod state;
 pub mod supervisor;
 

@@ -1,6 +1,7 @@
 //! Unit tests of `server::connection`.
 
 use super::*;
+use crate::config::JsonMode;
 use crate::config::{self, ConfigFile, Overrides, Sources};
 use crate::journal::Target;
 use crate::journal::entry::parse_native;
