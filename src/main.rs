@@ -126,7 +126,7 @@ fn reload(args: &app::cli::ReloadArgs) -> anyhow::Result<()> {
         .to_str()
         .and_then(|s| s.split(':').next())
         .map_or(args.runtime_directory.clone(), std::path::PathBuf::from);
-    app::server::supervisor::reload_and_wait(args.pid, &dir, args.timeout)
+    app::server::reload::reload_and_wait(args.pid, &dir, args.timeout)
         .map_err(|why| anyhow::anyhow!("reload of pid {}: {why}", args.pid))
 }
 
@@ -157,7 +157,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // descriptors can still say it failed.
     let reload_status = runtime_directory.and_then(|dirs| {
         let first = dirs.to_str()?.split(':').next()?.to_owned();
-        match app::server::supervisor::ReloadStatus::create(std::path::Path::new(&first)) {
+        match app::server::reload::ReloadStatus::create(std::path::Path::new(&first)) {
             Ok(file) => Some(file),
             Err(e) => {
                 tracing::warn!(

@@ -22,6 +22,7 @@ mod accept;
 pub mod connection;
 mod datagram;
 pub mod encode;
+pub mod reload;
 pub mod state;
 pub mod supervisor;
 

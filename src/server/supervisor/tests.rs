@@ -20,27 +20,6 @@ fn the_heap_is_trimmed_once_a_burst_is_over_and_not_more_often_than_every_5s() {
 }
 
 #[test]
-fn reload_status_lines_parse_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let status = ReloadStatus::create(dir.path()).unwrap();
-    let read = || {
-        parse_reload_status(&std::fs::read_to_string(dir.path().join(RELOAD_STATUS_FILE)).unwrap())
-    };
-    let pid = std::process::id();
-    status.write(3, ReloadState::Done(Err("bad\nMAINPID=1".into())));
-    assert_eq!(
-        read(),
-        Some((pid, 3, ReloadState::Done(Err("bad MAINPID=1".into()))))
-    );
-    status.write(4, ReloadState::Reloading);
-    assert_eq!(read(), Some((pid, 4, ReloadState::Reloading)));
-    status.write(4, ReloadState::Done(Ok(())));
-    assert_eq!(read(), Some((pid, 4, ReloadState::Done(Ok(())))));
-    assert_eq!(parse_reload_status("1 2 ok\n3 4 ok\n"), None, "torn");
-    assert_eq!(parse_reload_status("1 2 o"), None, "short");
-}
-
-#[test]
 fn watchdog_waits_for_the_first_beat() {
     let a = Arc::new(Heartbeat::default());
     let w = Watchdog::new(vec![a.clone()]);
