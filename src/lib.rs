@@ -2,7 +2,8 @@
 //!
 //! Local programs connect to a stream socket and write lines; each line becomes one structured
 //! journal entry that records who sent it. `main.rs` is a thin shell around this library:
-//! [`listener`] gets the sockets, [`config`] the settings, and [`server::run`] does the rest.
+//! [`systemd::activation`] gets the sockets (binding through [`listener`] when systemd passes
+//! none), [`config`] the settings, and [`server::run`] does the rest.
 
 pub mod budget;
 pub mod cli;

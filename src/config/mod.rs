@@ -1,9 +1,10 @@
 //! Configuration: the file < `APP_*` environment < command-line flags, validated into `Settings`.
 //!
 //! Loading happens in two steps (STYLE §8): each source is deserialized on its own into
-//! [`RawConfig`] (so an unknown key or a wrong type is reported against the source that holds it),
-//! then the merged result is turned into [`Settings`] with real types. Nothing here reads the
-//! process environment: callers pass it in as a map, which keeps every rule unit-testable.
+//! `RawConfig` (in `file.rs`; so an unknown key or a wrong type is reported against the source
+//! that holds it), then the merged result is turned into [`Settings`] with real types
+//! (`validate.rs`). Nothing here reads the process environment: callers pass it in as a map,
+//! which keeps every rule unit-testable.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

@@ -36,7 +36,7 @@ pub unsafe fn acquire(settings: &SocketSettings) -> Result<Listeners, Error> {
 ///
 /// `LISTEN_PID` must name this process (sd_listen_fds(3)); otherwise the variables were meant
 /// for someone else and nothing is inherited. `LISTEN_FDS` without any `LISTEN_PID` is what
-/// `systemfd --no-pid` passes (the development loop): accepted, see [`take_without_pid`].
+/// `systemfd --no-pid` passes (the development loop): accepted, see `take_without_pid`.
 ///
 /// # Safety
 /// Mutates the process environment: call it before any other thread exists.
