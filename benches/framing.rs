@@ -1,6 +1,6 @@
 //! The daemon's per-line work in one process, without sockets: framing, the `<N>` prefix, the
 //! syslog header check and the journal entry, exactly as a connection runs them
-//! (`connection::encode`), over input read in 64 KiB chunks into 256 KiB batches.
+//! (`encode::encode`), over input read in 64 KiB chunks into 256 KiB batches.
 //!
 //! ```text
 //! cargo bench --bench framing
@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
-use app::connection::{self, LineState};
-use app::journal::{Batch, Encoder, Peer, Target};
+use app::journal::entry::Encoder;
+use app::journal::{Batch, Target};
+use app::peer::Peer;
 use app::protocol::Framer;
+use app::server::encode::{self, LineState};
 
 struct Counting;
 
@@ -128,7 +130,7 @@ fn run(input: &[u8], settings: &Settings) -> (f64, f64) {
         while !chunk.is_empty() {
             let mut batch = Batch::for_input(chunk);
             let used = framer.feed(chunk, &mut |m| {
-                connection::encode(m, &mut line, &encoder, settings, &mut batch);
+                encode::encode(m, &mut line, &encoder, settings, &mut batch);
                 !batch.is_full()
             });
             chunk = &chunk[used..];

@@ -13,7 +13,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
 
 /// `SYSLOG_IDENTIFIER` of the daemon's own diagnostics in the journal. No client entry carries
-/// it: a client's syslog tag equal to it is dropped (`connection::encode`), and
+/// it: a client's syslog tag equal to it is dropped (`encode::encode`), and
 /// `journal.identifier` may not be set to it; and the daemon's own entries carry no `CLIENT_*`
 /// field, which every client entry has.
 pub const DAEMON_IDENTIFIER: &str = "app-daemon";

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use app::cli::{Cli, Command, ServeArgs};
 use app::config::{self, ConfigFile, Overrides, Settings, Sources};
 use app::error::{EXIT_FAILURE, Error};
-use app::lifecycle::Control;
-use app::notify::{self, Notifier};
-use app::{listener, logging, server, shutdown};
+use app::server::supervisor::Control;
+use app::systemd::notify::{self, Notifier};
+use app::{logging, server, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -126,7 +126,7 @@ fn reload(args: &app::cli::ReloadArgs) -> anyhow::Result<()> {
         .to_str()
         .and_then(|s| s.split(':').next())
         .map_or(args.runtime_directory.clone(), std::path::PathBuf::from);
-    app::lifecycle::reload_and_wait(args.pid, &dir, args.timeout)
+    app::server::reload::reload_and_wait(args.pid, &dir, args.timeout)
         .map_err(|why| anyhow::anyhow!("reload of pid {}: {why}", args.pid))
 }
 
@@ -135,8 +135,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     shutdown::hold_signals();
     // Everything that reads or changes the environment happens here, before any thread exists:
     // the first thread is the log forwarder that `logging::init` starts (when stderr is the
-    // journal), so it comes after the last environment change (`listener::acquire`), and the
-    // runtime after that. `tests/it/logging.rs` checks the order with strace.
+    // journal), so it comes after the last environment change
+    // (`systemd::activation::acquire`), and the runtime after that. `tests/it/logging.rs` checks the order with strace.
     let inputs = ConfigInputs::new(cli, args);
     let journal_stream = std::env::var("JOURNAL_STREAM").ok();
     let runtime_directory = std::env::var_os("RUNTIME_DIRECTORY");
@@ -147,7 +147,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let result = (|| {
         let settings = inputs.load()?;
         // SAFETY: as above: still single-threaded, `logging::init` comes next.
-        let listeners = unsafe { listener::acquire(&settings.socket) }?;
+        let listeners = unsafe { app::systemd::activation::acquire(&settings.socket) }?;
         // From here on threads may exist; nothing below touches the environment.
         let log = logging::init(&settings.service.log_level, journal_stream.as_deref());
         server::raise_fd_limit(settings.limits.max_connections.get());
@@ -157,7 +157,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     // descriptors can still say it failed.
     let reload_status = runtime_directory.and_then(|dirs| {
         let first = dirs.to_str()?.split(':').next()?.to_owned();
-        match app::lifecycle::ReloadStatus::create(std::path::Path::new(&first)) {
+        match app::server::reload::ReloadStatus::create(std::path::Path::new(&first)) {
             Ok(file) => Some(file),
             Err(e) => {
                 tracing::warn!(

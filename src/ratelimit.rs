@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::journal::Peer;
+use crate::peer::Peer;
 
 /// Whose budget a message counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

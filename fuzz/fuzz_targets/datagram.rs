@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
-use app::connection::{self, LineState};
-use app::journal::{Batch, Encoder, Peer, Target};
+use app::server::encode::{self, LineState};
+use app::journal::{Batch, Target};
+use app::journal::entry::Encoder;
+use app::peer::Peer;
 use app::protocol::datagram_pieces;
 use libfuzzer_sys::fuzz_target;
 
@@ -49,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let mut line = LineState::new(&settings);
     let mut batch = Batch::default();
     datagram_pieces(datagram, max, &mut |msg| {
-        connection::encode(msg, &mut line, &encoder, &settings, &mut batch);
+        encode::encode(msg, &mut line, &encoder, &settings, &mut batch);
         true
     });
     assert_eq!(batch.len(), pieces.len());

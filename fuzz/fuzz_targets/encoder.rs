@@ -2,7 +2,9 @@
 //! (valid field names, exact lengths) to exactly the fields that went in.
 #![no_main]
 
-use app::journal::{Batch, Encoder, Peer, Record, Target, parse_native};
+use app::journal::{Batch, Target};
+use app::journal::entry::{Encoder, Record, parse_native};
+use app::peer::Peer;
 use app::protocol::LineBreak;
 use libfuzzer_sys::fuzz_target;
 

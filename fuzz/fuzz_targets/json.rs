@@ -1,6 +1,6 @@
 //! JSON-object lines (issue 17): random objects (nested, odd keys, big, duplicate keys) and
 //! near-JSON (the same with a byte cut out or put in), through the framer and
-//! `connection::encode` exactly as a connection runs them.
+//! `encode::encode` exactly as a connection runs them.
 //! Invariants: every entry parses back (valid field names, exact lengths); no panic; MESSAGE is
 //! never empty; the fields are bounded by `protocol.json_max_fields`; what app says about the
 //! sender (CLIENT_*, SOCKET) is never overridden and nothing starts with `_`.
@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 
 use app::config::{self, ConfigFile, Overrides, Sources};
-use app::connection::{self, LineState};
-use app::journal::{Batch, Encoder, Peer, Target, parse_native};
+use app::server::encode::{self, LineState};
+use app::journal::{Batch, Target};
+use app::journal::entry::{Encoder, parse_native};
+use app::peer::Peer;
 use app::protocol::{Framer, LineBreak};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -119,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     let mut state = LineState::new(&settings);
     let mut batch = Batch::default();
     let mut emit = |m: app::protocol::Message<'_>| {
-        connection::encode(m, &mut state, &encoder, &settings, &mut batch);
+        encode::encode(m, &mut state, &encoder, &settings, &mut batch);
         true
     };
     framer.feed(&line, &mut emit);

@@ -1,7 +1,7 @@
 //! One datagram, one message (DESIGN §2): what a datagram socket client (`logger -u`, nginx,
 //! HAProxy, Python's `SysLogHandler` with `SOCK_DGRAM`) sends is a whole record, never a stream.
 
-use super::{LineBreak, Message};
+use super::framer::{LineBreak, Message};
 
 /// Cuts one datagram into the messages it makes: one, or pieces of at most `max_line` bytes
 /// (`LINE_BREAK=line-max`, as a long line on a stream is cut). One trailing NUL, then one

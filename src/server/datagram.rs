@@ -17,12 +17,15 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFl
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 
-use super::Context;
-use crate::connection::{self, LineState};
-use crate::journal::{self, Batch, Encoder, Peer};
-use crate::lifecycle::Heartbeat;
+use super::state::Context;
+use crate::journal::entry::Encoder;
+use crate::journal::{self, Batch};
+use crate::peer::Peer;
 use crate::protocol;
 use crate::ratelimit::Key;
+use crate::server::connection;
+use crate::server::encode::{self, LineState};
+use crate::server::supervisor::Heartbeat;
 
 /// The largest datagram read whole: more than the kernel's default `wmem_max` (208 KiB) lets a
 /// sender write. A longer one (a raised `wmem_max`) is cut here and says so in the logs.
@@ -168,7 +171,7 @@ impl Datagrams {
                 dropped += 1;
             } else {
                 left -= 1;
-                connection::encode(m, &mut line, &encoder, settings, batch);
+                encode::encode(m, &mut line, &encoder, settings, batch);
             }
             true
         });

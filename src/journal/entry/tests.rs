@@ -1,0 +1,88 @@
+//! Unit tests of `journal::entry`.
+
+use super::*;
+
+fn parse(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    parse_native(data).unwrap()
+}
+
+fn record(message: &[u8]) -> Record<'_> {
+    Record {
+        message,
+        priority: 3,
+        facility: Some(1),
+        line_break: LineBreak::Eof,
+        identifier: "app",
+        header: None,
+    }
+}
+
+#[test]
+fn native_entries_parse_back() {
+    let peer = Peer::Unix {
+        pid: Some(42),
+        uid: 1000,
+        gid: 100,
+    };
+    let enc = Encoder::new(Target::Journal, &peer, 7, Some("main"));
+    let mut batch = Batch::default();
+    enc.encode(&record(b"two\nlines\x00\xff"), &mut batch);
+    enc.encode(&record(b"plain"), &mut batch);
+    let entries: Vec<_> = batch.entries().collect();
+    assert_eq!(entries.len(), 2);
+    let fields = parse(entries[0]);
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|f| f.0 == k)
+            .map(|f| f.1.clone())
+            .unwrap()
+    };
+    assert_eq!(get("MESSAGE"), b"two\nlines\x00\xff");
+    assert_eq!(get("PRIORITY"), b"3");
+    assert_eq!(get("SYSLOG_FACILITY"), b"1");
+    assert_eq!(get("SYSLOG_IDENTIFIER"), b"app");
+    assert_eq!(get("LINE_BREAK"), b"eof");
+    assert_eq!(get("CLIENT_PID"), b"42");
+    assert_eq!(get("CLIENT_UID"), b"1000");
+    assert_eq!(get("CLIENT_GID"), b"100");
+    assert_eq!(get("CLIENT_CONNECTION"), b"7");
+    assert_eq!(get("SOCKET"), b"main");
+    assert_eq!(
+        parse(entries[1])[0],
+        ("MESSAGE".to_owned(), b"plain".to_vec())
+    );
+}
+
+#[test]
+fn tcp_peers_carry_their_address() {
+    let peer = Peer::Tcp("127.0.0.1:5140".parse().unwrap());
+    let enc = Encoder::new(Target::Journal, &peer, 1, None);
+    let mut batch = Batch::default();
+    enc.encode(&record(b"x"), &mut batch);
+    let fields = parse(batch.entries().next().unwrap());
+    assert!(fields.contains(&("CLIENT_ADDRESS".to_owned(), b"127.0.0.1:5140".to_vec())));
+    assert!(
+        !fields
+            .iter()
+            .any(|f| f.0 == "CLIENT_UID" || f.0 == "SOCKET")
+    );
+}
+
+#[test]
+fn stdout_lines_show_priority_and_client() {
+    let peer = Peer::Unix {
+        pid: Some(42),
+        uid: 1000,
+        gid: 100,
+    };
+    let enc = Encoder::new(Target::Stdout, &peer, 3, None);
+    let mut batch = Batch::default();
+    enc.encode(&record(b"a\nb"), &mut batch);
+    let line = String::from_utf8(batch.data.clone()).unwrap();
+    assert!(
+        line.ends_with(" app[pid=42 uid=1000 conn=3] <3> a\\nb [eof]\n"),
+        "{line}"
+    );
+    assert_eq!(line.matches('\n').count(), 1);
+}
