@@ -382,6 +382,9 @@ fn nginx_access_log_over_datagrams_journald() {
         "{e:?}"
     );
     assert_eq!(e.get("CLIENT_PID"), worker.to_string());
+    // Attribution per datagram: the worker is alive while its datagram is handled.
+    assert_eq!(e.get("CLIENT_COMM"), "nginx", "{e:?}");
+    assert!(e.str("CLIENT_CGROUP").is_some(), "{e:?}");
     assert_eq!(e.get("CLIENT_UID"), "0");
     assert_eq!(e.get("PRIORITY"), "6");
     assert_eq!(e.get("SYSLOG_FACILITY"), "23");
