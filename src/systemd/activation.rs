@@ -75,7 +75,17 @@ unsafe fn take_without_pid() -> Result<Vec<Listener>, Error> {
         .filter_map(|i| fds.take_raw_fd(i).ok().flatten())
         .map(|fd| {
             let name = names.next().unwrap_or_default().to_owned();
-            // SAFETY: passed to us by systemfd and owned by nothing else in the process.
+            // An fd that LISTEN_FDS names but that is not open is a startup error, not an
+            // OwnedFd of nothing (whose drop would abort the process).
+            // SAFETY: only asks the kernel about the number; nothing is owned or closed.
+            let probe = unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) };
+            if let Err(e) = rustix::io::fcntl_getfd(probe) {
+                return Err(Error::InheritedFd {
+                    fd,
+                    reason: format!("LISTEN_FDS names it, but it is not open: {e}"),
+                });
+            }
+            // SAFETY: open, passed to us by systemfd and owned by nothing else in the process.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             // As sd-notify does for systemd's fds: nothing we might start inherits them.
             rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| {

@@ -339,3 +339,15 @@ fn systemfd_no_pid_keeps_clients_connecting_across_restarts() {
         "{stderr}"
     );
 }
+
+/// `LISTEN_FDS` without `LISTEN_PID` naming an fd that is not open: a clear startup error
+/// (exit 2), not an abort of the process.
+#[test]
+fn listen_fds_without_pid_naming_a_closed_fd_is_a_startup_error() {
+    let (code, _, stderr) = run_app(&["serve", "--sink", "stdout"], &[("LISTEN_FDS", "1")], b"");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("app: fd 3: LISTEN_FDS names it, but it is not open"),
+        "{stderr}"
+    );
+}
