@@ -207,7 +207,8 @@ impl Framer {
                 // anything else makes the `\r` the start of the next piece.
                 let go_on = if rest[0] == b'\n' {
                     pos += 1;
-                    self.after_record = self.is_record(&[]);
+                    let record = self.is_record(&[]);
+                    self.line_ended(record);
                     self.record = false;
                     let continuation = std::mem::replace(&mut self.continuing, false);
                     let line = std::mem::take(&mut self.pending);
@@ -251,10 +252,8 @@ impl Framer {
             });
             let go_on = if let Some(i) = newline {
                 pos += i + 1;
-                self.after_record = self.syslog_client
-                    || nul_end.is_some()
-                    || (may_be_record && self.is_record(&rest[..i]));
-                self.syslog_client |= self.after_record;
+                let record = nul_end.is_some() || (may_be_record && self.is_record(&rest[..i]));
+                self.line_ended(record);
                 self.record = false;
                 let continuation = std::mem::replace(&mut self.continuing, false);
                 if self.pending.is_empty() {
@@ -396,6 +395,14 @@ impl Framer {
             continuation,
             octet_counted: false,
         })
+    }
+
+    /// A line ended at its newline or NUL; `record` says whether it was a syslog record. On a
+    /// syslog client's connection (one that has sent a record) a NUL right after any line is
+    /// its terminator's second half, dropped.
+    fn line_ended(&mut self, record: bool) {
+        self.syslog_client |= record;
+        self.after_record = self.syslog_client;
     }
 
     /// Marks the line as cut, remembering from its first `piece` whether it is a syslog record

@@ -513,3 +513,17 @@ impl ConcatBytes for Out {
         self.iter().flat_map(|o| o.0.iter().copied()).collect()
     }
 }
+
+/// Found by the fuzzer: a record whose CRLF falls exactly at the limit made the connection a
+/// syslog client only when it came in one read.
+#[test]
+fn a_crlf_record_at_the_limit_makes_a_syslog_client_in_any_chunking() {
+    let mut input = b"<6>HHHHHHH|".to_vec();
+    input.extend_from_slice(&[b'\r'; 41]);
+    input.extend_from_slice(b"\n<$\x08\xe9\x02|\x01\n\0\x8a<G");
+    let all = frame_all_ways(3, &input, &[]);
+    for out in &all {
+        assert_eq!(out, &all[0]);
+        assert_eq!(out.last().unwrap(), &msg(b"\x8a<G", LineBreak::Eof, false));
+    }
+}
