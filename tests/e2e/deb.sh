@@ -309,6 +309,9 @@ for s in /run/systemd/private /var/run/systemd/private /run/dbus/system_bus_sock
     /run/log /var/log /var/lib /var/run/dbus; do
     [ -e "$s" ] && reached "$s"
 done
+# Root processes with capabilities: the kernel refuses their environ/mem (ptrace rules: the
+# target's capabilities must be a subset of ours).
+cat /proc/1/environ >/dev/null && reached /proc/1/environ
 # What app needs, still there:
 [ -S /run/systemd/journal/socket ] && echo PROBE-NEEDS journal
 [ -S /run/systemd/notify ] && echo PROBE-NEEDS notify  # Type=oneshot: no $NOTIFY_SOCKET here
