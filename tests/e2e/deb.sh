@@ -291,6 +291,60 @@ step8() {
 check "8. systemd-analyze security app.service <= 1.0, and no failed unit in the container" step8
 
 # 9. which unit a client is (issue 16): the default unit (User=app) and the root drop-in
+#
+# The escalation probe: root without capabilities is still uid 0 to PID 1's private socket, the
+# system bus and polkit (one `systemd-run` would start a unit with every capability). A unit
+# built from app.service and the drop-in runs a shell that tries them: each must fail, and it
+# must still reach what app needs.
+step9_probe() {
+    cat >"$WORK/merged/usr/local/bin/app-probe" <<'PROBE'
+#!/bin/sh
+reached() { echo "PROBE-REACHED $1"; }
+id; grep '^Cap' /proc/self/status
+systemd-run --wait --unit=escalated sh -c 'id > /etc/pwned' && reached systemd-run
+systemctl --no-block start escalated2.service && reached systemctl
+busctl --system list >/dev/null && reached busctl
+command -v dbus-send >/dev/null && dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.ListNames >/dev/null && reached dbus-send
+for s in /run/systemd/private /var/run/systemd/private /run/dbus/system_bus_socket /run/systemd/userdb /run/systemd/io.system.ManagedOOM /run/udev/control /run/user /run/systemd/journal/stdout \
+    /run/log /var/log /var/lib /var/run/dbus; do
+    [ -e "$s" ] && reached "$s"
+done
+# Root processes with capabilities: the kernel refuses their environ/mem (ptrace rules: the
+# target's capabilities must be a subset of ours).
+cat /proc/1/environ >/dev/null && reached /proc/1/environ
+# What app needs, still there:
+[ -S /run/systemd/journal/socket ] && echo PROBE-NEEDS journal
+[ -S /run/systemd/notify ] && echo PROBE-NEEDS notify  # Type=oneshot: no $NOTIFY_SOCKET here
+[ -d "$RUNTIME_DIRECTORY" ] && touch "$RUNTIME_DIRECTORY/x" && echo PROBE-NEEDS runtime
+[ -r /etc/app/app.toml ] && echo PROBE-NEEDS config
+[ -r /proc/1/comm ] && echo PROBE-NEEDS proc
+echo PROBE-DONE
+PROBE
+    chmod 755 "$WORK/merged/usr/local/bin/app-probe"
+    # Its own runtime directory: stopping the probe must not remove app's /run/app.
+    sed -e 's|^ExecStart=.*|ExecStart=/usr/local/bin/app-probe|' -e 's|^Type=notify|Type=oneshot|' \
+        -e 's|^RuntimeDirectory=app$|RuntimeDirectory=app-probe|' -e '/^WatchdogSec/d' \
+        -e '/^After=app.socket/d' -e '/^Requires=/d' \
+        "$WORK/merged/lib/systemd/system/app.service" >"$WORK/merged/etc/systemd/system/probe.service"
+    grep -q '^ExecStart=/usr/local/bin/app-probe$' "$WORK/merged/etc/systemd/system/probe.service" || return 1
+    mkdir -p "$WORK/merged/etc/systemd/system/probe.service.d"
+    sed 's|/run/app$|/run/app-probe|' "$WORK/merged/etc/systemd/system/app.service.d/attribute-to-units.conf" \
+        >"$WORK/merged/etc/systemd/system/probe.service.d/attribute-to-units.conf"
+    c systemctl daemon-reload || return 1
+    c systemctl start probe.service
+    local out
+    out=$(csh "journalctl -u probe.service -o cat --no-pager")
+    echo "$out" | sed 's/^/   probe: /'
+    echo "$out" | grep -qx PROBE-DONE || return 1
+    ! echo "$out" | grep -q PROBE-REACHED || return 1
+    [ "$(echo "$out" | grep -c '^PROBE-NEEDS ')" = 5 ] || return 1
+    ! c test -e /etc/pwned || return 1
+    [ "$(c systemctl show -p LoadState --value escalated.service)" = not-found ] || return 1
+    # It ran as root without capabilities, as app does under the drop-in.
+    echo "$out" | grep -q '^uid=0(root)' || return 1
+    echo "$out" | grep -qx 'CapEff:[[:space:]]*0000000000000000' || return 1
+    c systemctl stop probe.service 2>/dev/null || true
+}
 step9() {
     c useradd -m -G app dave || return 1
     local dave_uid json
@@ -321,13 +375,21 @@ step9() {
     echo "$json" | grep -q '"OBJECT_COMM":"socat"' || return 1
     echo "$json" | grep -q '"CLIENT_UNIT":"demo.service"' || return 1
     ! echo "$json" | grep -q '"OBJECT_PID"' || return 1
+    step9_probe || return 1
+    # Reload under the drop-in (its ExecReload runs outside the sandbox: kill is filtered in it).
+    csh "cp /etc/app/app.toml /root/app.toml.pre9 && sed -i 's/^identifier = .*\$/identifier = \"dropin\"/' /etc/app/app.toml" || return 1
+    c systemctl reload app.service || return 1
+    csh "echo after-dropin-reload | socat - UNIX-CONNECT:/run/app.sock" || return 1
+    await "journalctl -u app.service -o json MESSAGE=after-dropin-reload | grep -q '\"SYSLOG_IDENTIFIER\":\"dropin\"'" || return 1
+    csh "cp /root/app.toml.pre9 /etc/app/app.toml" && c systemctl reload app.service || return 1
+    [ "$(c systemctl show -p MainPID --value app.service)" = "$main" ] || return 1
     local exposure
     exposure=$(c systemd-analyze security app.service --no-pager | awk '/Overall exposure level/ { print $(NF-2) }')
     echo "   systemd-analyze security app.service with attribute-to-units.conf: exposure ${exposure:-(none)}"
     c rm /etc/systemd/system/app.service.d/attribute-to-units.conf
     c systemctl daemon-reload && c systemctl restart app.service
 }
-check "9. CLIENT_UNIT=demo.service for a systemd-run client of another user; with attribute-to-units.conf (root, no capabilities) journalctl -u demo.service lists its line, and -u app.service still does" step9
+check "9. CLIENT_UNIT=demo.service for a systemd-run client of another user; with attribute-to-units.conf (root, no capabilities) journalctl -u demo.service lists its line, and -u app.service still does; systemctl reload works under it; a shell under it reaches neither PID 1 (systemd-run) nor the system bus" step9
 
 step7b() {
     c apt-get remove -y app >/dev/null 2>&1 || return 1
