@@ -47,8 +47,9 @@ fn connection_limit_refuses_the_101st_and_recovers() {
     drop(held.pop());
     wait_until(10 * SEC, "a free slot", || {
         let mut s = UnixStream::connect(&daemon.socket).unwrap();
-        s.write_all(b"newcomer\n").unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
+        // Refused while the slot is not yet free: the daemon may have closed already (EPIPE).
+        s.write_all(b"newcomer\n").ok()?;
+        s.shutdown(std::net::Shutdown::Write).ok()?;
         read_reply(&mut s).is_empty().then_some(())
     });
     wait_until(5 * SEC, "the newcomer's line", || {
@@ -236,7 +237,9 @@ fn descriptor_exhaustion_is_survived() {
     let clients: Vec<UnixStream> = (0..80)
         .map(|i| {
             let mut s = UnixStream::connect(&socket).expect("connect (the backlog takes it)");
-            s.write_all(format!("client {i}\n").as_bytes()).unwrap();
+            // A client refused at once (reserve descriptor) may find the daemon's end closed
+            // already (EPIPE): what it reads says why.
+            let _ = s.write_all(format!("client {i}\n").as_bytes());
             s
         })
         .collect();
