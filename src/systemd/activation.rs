@@ -141,17 +141,22 @@ fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, Error> {
             )));
         }
     };
-    // Without FileDescriptorName= (or outside systemd) a socket is named by its address.
+    Ok(listener(socket, raw, name))
+}
+
+/// The inherited `socket` at fd `raw` with its `FileDescriptorName=`; without one (or outside
+/// systemd) a socket is named by its address.
+fn listener(socket: Socket, raw: RawFd, name: String) -> Listener {
     let name = if name.is_empty() || name == "unknown" {
         socket.address()
     } else {
         name
     };
-    Ok(Listener {
+    Listener {
         socket,
         name,
         origin: format!("fd {raw}"),
-    })
+    }
 }
 
 /// A datagram socket: served if it is a Unix one that is not connected to a peer (a connected
@@ -178,17 +183,11 @@ fn classify_datagram(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, 
         }
         Err(e) => return Err(bad(format!("cannot query the peer: {e}"))),
     }
-    let socket = Socket::Datagram(UnixDatagram::from(fd));
-    let name = if name.is_empty() || name == "unknown" {
-        socket.address()
-    } else {
-        name
-    };
-    Ok(Listener {
-        socket,
+    Ok(listener(
+        Socket::Datagram(UnixDatagram::from(fd)),
+        raw,
         name,
-        origin: format!("fd {raw}"),
-    })
+    ))
 }
 
 #[cfg(test)]
