@@ -59,6 +59,13 @@ pub struct Attribution {
     pub slice: Option<String>,
 }
 
+/// Whether entries carry `OBJECT_*` fields: only when the daemon runs as uid 0, which journalctl
+/// trusts for them. The daemon's uid does not change while it runs: asked of the kernel once.
+pub fn sends_object_fields() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
+}
+
 impl Attribution {
     /// Resolves the client at the other end of `socket`, whose `SO_PEERCRED` pid is `pid`.
     /// Returns an empty attribution when the client is gone or nothing could be read.

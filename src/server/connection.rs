@@ -197,7 +197,7 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                     if !attributed {
                         attributed = true;
                         let who = attribute(&stream, &peer, &settings);
-                        let objects = rustix::process::geteuid().is_root();
+                        let objects = crate::peer::sends_object_fields();
                         conn.encoder.add_fields(who.fields(objects));
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;

@@ -172,7 +172,7 @@ impl Datagrams {
             && let Peer::Unix { pid: Some(pid), .. } = peer
         {
             let who = Attribution::resolve(*pid, PeerPidfd::Unsupported);
-            encoder.add_fields(who.fields(rustix::process::geteuid().is_root()));
+            encoder.add_fields(who.fields(crate::peer::sends_object_fields()));
         }
         let mut line = LineState::new(settings);
         let before = batch.len();
