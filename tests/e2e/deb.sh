@@ -54,37 +54,15 @@ systemd-nspawn -q -D "$WORK/merged" -b --register=no --keep-unit --console=read-
     >"$WORK/console.log" 2>&1 </dev/null &
 NSPAWN=$!
 
-# The container's PID 1: in our private pid namespace, the only process named systemd (the first
-# one, should the container start a user manager later).
-CPID=
-for _ in $(seq 100); do
-    CPID=$(pgrep -x systemd | sort -n | head -n 1 || true)
-    [ -n "$CPID" ] && break
-    sleep 0.1
-done
-[ -n "$CPID" ] || { echo "FAIL: the container did not boot"; cat "$WORK/console.log"; exit 1; }
-
-# Every check below runs commands as root: make sure they land in the container, never on the
-# machine running the test.
-if [ "$(nsenter --target "$CPID" --mount -- cat /etc/hostname 2>/dev/null)" != e2e ] \
-    || [ "$(readlink /proc/$CPID/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; then
-    echo "FAIL: pid $CPID is not the container's init; refusing to run commands there"
-    exit 1
-fi
+. "$ROOT/tests/e2e/lib.sh"
+container_init e2e "$WORK/console.log"
+CPID=$INIT_PID
 
 # Runs a command in the container, as root, with a timeout.
 c() { timeout 60 nsenter --target "$CPID" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 csh() { c sh -c "$1"; }
 
-# `systemctl is-system-running --wait` waits for the boot to finish, but fails at once while
-# PID 1 has not yet opened its private bus: ask again until it answers.
-state=
-for _ in $(seq 150); do
-    state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running --wait 2>/dev/null || true)
-    case $state in running | degraded) break ;; esac
-    sleep 0.2
-done
-echo "container booted (pid $CPID): $state"
+echo "container booted (pid $CPID): $(booted "$CPID" || true)"
 
 FAILED=0
 PASSED=0

@@ -32,6 +32,7 @@ if [ -z "${APP_E2E_INNER:-}" ]; then
         --mount-proc --propagation private "$0" "$@"
 fi
 
+. "$ROOT/tests/e2e/lib.sh"
 WORK=$(mktemp -d /tmp/app-fleet.XXXXXX)
 NSPAWNS=()
 cleanup() {
@@ -59,7 +60,7 @@ ip -n fleet-b link set veth-b up
 
 # boot NAME NETNS: boots an overlay of the rootfs as host NAME; sets BOOTED to its PID 1.
 boot() {
-    local name=$1 netns=$2 dir=$WORK/$1 pid p
+    local name=$1 netns=$2 dir=$WORK/$1
     mkdir -p "$dir/upper" "$dir/work" "$dir/merged"
     mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$dir/upper,workdir=$dir/work" "$dir/merged"
     echo "$name" >"$dir/merged/etc/hostname"
@@ -67,19 +68,8 @@ boot() {
         --machine="$name" --network-namespace-path="/run/netns/$netns" \
         >"$dir/console.log" 2>&1 </dev/null &
     NSPAWNS+=($!)
-    for _ in $(seq 100); do
-        for p in $(pgrep -x systemd || true); do
-            # Its root is the overlay, and it is not us: the container's init.
-            if [ "$(cat "/proc/$p/root/etc/hostname" 2>/dev/null)" = "$name" ] \
-                && [ "$(readlink "/proc/$p/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]; then
-                pid=$p
-            fi
-        done
-        [ -n "${pid:-}" ] && break
-        sleep 0.1
-    done
-    [ -n "${pid:-}" ] || { echo "FAIL: host $name did not boot"; cat "$dir/console.log"; exit 1; }
-    BOOTED=$pid
+    container_init "$name" "$dir/console.log"
+    BOOTED=$INIT_PID
 }
 
 boot fleet-a fleet-a
@@ -116,18 +106,6 @@ cp "$WORK/rogue/ca.pem" "$WORK/fleet-a/merged/root/rogue-ca.pem"
 # Runs a command on host A or B, as root, with a timeout.
 on() { local pid=$1; shift; timeout 60 nsenter --target "$pid" --all -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 onsh() { on "$1" sh -c "$2"; }
-# `systemctl is-system-running --wait` waits for the boot to finish, but fails at once while
-# PID 1 has not yet opened its private bus: ask again until it answers.
-booted() {
-    local state=
-    for _ in $(seq 150); do
-        state=$(on "$1" systemctl is-system-running --wait 2>/dev/null || true)
-        case $state in running | degraded) echo "$state"; return 0 ;; esac
-        sleep 0.2
-    done
-    echo "not booted (${state:-no answer})"
-    return 1
-}
 echo "hosts booted: fleet-a (pid $A, $A_IP) $(booted "$A"), fleet-b (pid $B, $B_IP) $(booted "$B")"
 
 FAILED=0

@@ -88,25 +88,10 @@ SYSTEMD_NSPAWN_API_VFS_WRITABLE=network systemd-nspawn -q -D "$WORK/merged" -b \
     >"$WORK/console.log" 2>&1 </dev/null &
 NSPAWN=$!
 
-CPID=
-for _ in $(seq 100); do
-    CPID=$(pgrep -x systemd | sort -n | head -n 1 || true)
-    [ -n "$CPID" ] && break
-    sleep 0.1
-done
-[ -n "$CPID" ] || { echo "FAIL: the container did not boot"; cat "$WORK/console.log"; exit 1; }
-if [ "$(nsenter --target "$CPID" --mount -- cat /etc/hostname 2>/dev/null)" != fresh ] \
-    || [ "$(readlink /proc/$CPID/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; then
-    echo "FAIL: pid $CPID is not the container's init; refusing to run commands there"
-    exit 1
-fi
-state=
-for _ in $(seq 150); do
-    state=$(timeout 60 nsenter --target "$CPID" --all -- systemctl is-system-running --wait 2>/dev/null || true)
-    case $state in running | degraded) break ;; esac
-    sleep 0.2
-done
-echo "container booted (pid $CPID): $state"
+. "$ROOT/tests/e2e/lib.sh"
+container_init fresh "$WORK/console.log"
+CPID=$INIT_PID
+echo "container booted (pid $CPID): $(booted "$CPID" || true)"
 
 # In the clone, as root, with a login's environment (rustup's PATH as ~/.cargo/env sets it).
 in_clone() {

@@ -13,3 +13,41 @@ rootfs() {
         bookworm "$dir.new" "$MIRROR" >"$log" 2>&1 || { tail -n 30 "$log"; exit 1; }
     mv "$dir.new" "$dir"
 }
+
+# container_init NAME CONSOLE_LOG: waits for the PID 1 of the container booted with hostname
+# NAME (a process named systemd whose root holds that hostname and whose mount namespace is not
+# ours) and sets INIT_PID to it. Every check runs commands as root through nsenter: this makes
+# sure they land in the container, never on the machine running the test. Exits (FAIL, with the
+# container's console) if none appears within 10 s.
+container_init() {
+    local name=$1 console=$2 p
+    INIT_PID=
+    for _ in $(seq 100); do
+        for p in $(pgrep -x systemd || true); do
+            if [ "$(cat "/proc/$p/root/etc/hostname" 2>/dev/null)" = "$name" ] \
+                && [ "$(readlink "/proc/$p/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]; then
+                INIT_PID=$p
+            fi
+        done
+        [ -n "$INIT_PID" ] && return 0
+        sleep 0.1
+    done
+    echo "FAIL: container $name did not boot"
+    cat "$console"
+    exit 1
+}
+
+# booted PID: waits for the boot of the container whose PID 1 is PID to finish and prints its
+# state (running or degraded); fails after 30 s. `systemctl is-system-running --wait` waits for
+# the boot, but fails at once while PID 1 has not yet opened its private bus: ask again until it
+# answers.
+booted() {
+    local state=
+    for _ in $(seq 150); do
+        state=$(timeout 60 nsenter --target "$1" --all -- systemctl is-system-running --wait 2>/dev/null || true)
+        case $state in running | degraded) echo "$state"; return 0 ;; esac
+        sleep 0.2
+    done
+    echo "not booted (${state:-no answer})"
+    return 1
+}
