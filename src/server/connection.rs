@@ -1,6 +1,7 @@
 //! One client's life: read, cut into messages, encode, hand to the sink; drain on shutdown.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::ratelimit::{Admission, Key};
 use crate::server::state::Context;
 
 use super::encode::{LineState, encode};
+use super::handover::{ConnectionRecord, Resume, Store};
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.
@@ -32,6 +34,15 @@ pub const TURN_BYTES: usize = READ_SIZE + journal::BATCH_BYTES + 64 * 1024;
 pub enum Stream {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
 }
 
 impl Stream {
@@ -53,11 +64,7 @@ impl Stream {
     /// without reading, of a connection that is not being read.
     fn hung_up(&self) -> bool {
         use rustix::event::{PollFd, PollFlags, poll};
-        use std::os::fd::AsFd;
-        let fd = match self {
-            Stream::Unix(s) => s.as_fd(),
-            Stream::Tcp(s) => s.as_fd(),
-        };
+        let fd = self.as_fd();
         let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
         let now = rustix::event::Timespec {
             tv_sec: 0,
@@ -93,15 +100,62 @@ fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
     }
 }
 
-/// Serves one client until it closes, or until shutdown and its drain deadline.
-pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>, ctx: Context) {
+/// Keeps a connection counted in the fd store's view ([`Store`]) while it lives: dropped
+/// before the socket closes, it takes the connection out of the store (unless handed over).
+struct Registration<'a> {
+    store: Option<&'a Store>,
+    id: u64,
+    handed_over: bool,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store {
+            store.unregister(self.id, self.handed_over);
+        }
+    }
+}
+
+/// Serves one client until it closes, or until shutdown and its drain deadline — or, with an
+/// fd store, until shutdown, when it is handed over to the next instance. `resume` is what the
+/// previous instance handed over, for a connection carried across a restart.
+pub async fn serve(
+    stream: Stream,
+    peer: Peer,
+    id: u64,
+    socket: Option<Arc<str>>,
+    ctx: Context,
+    resume: Option<Resume>,
+    stored: bool,
+) {
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
-    let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
-    let mut attributed = false;
+    let mut encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
+    let max_line = settings.limits.max_line_bytes.get();
+    let (framer, line, mut attribution) = match resume {
+        Some(Resume { record, pending }) => (
+            Framer::from_parts(max_line, record.framer, pending),
+            LineState::restore(&record.line, &settings),
+            record.attribution,
+        ),
+        None => (Framer::new(max_line), LineState::new(&settings), None),
+    };
+    if let Some(who) = &attribution {
+        encoder.add_fields(who.fields(crate::peer::sends_object_fields()));
+    }
+    let mut attributed = attribution.is_some();
+    // Declared after `stream` (a parameter): dropped before it, so the store lets go first.
+    let mut registration = Registration {
+        store: ctx.store.as_deref(),
+        id,
+        handed_over: false,
+    };
+    if let Some(store) = registration.store {
+        store.register(id, stream.as_fd(), stored);
+    }
     let mut conn = Connection {
-        framer: Framer::new(settings.limits.max_line_bytes.get()),
-        line: LineState::new(&settings),
+        framer,
+        line,
         encoder,
         ctx: &ctx,
         stream: &stream,
@@ -145,6 +199,10 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                 }
             }
             () = ctx.shutdown.cancelled(), if drain_until.is_none() => {
+                if ctx.store.is_some() {
+                    // Everything read is with the sink already: hand over what is left.
+                    break;
+                }
                 drain_until = Some(Instant::now() + drain_time(&settings));
                 continue;
             }
@@ -199,6 +257,9 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                         let who = attribute(&stream, &peer, &settings);
                         let objects = crate::peer::sends_object_fields();
                         conn.encoder.add_fields(who.fields(objects));
+                        if ctx.store.is_some() {
+                            attribution = Some(who);
+                        }
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;
                     // No connection may hold the runtime: a client that keeps its socket full
@@ -227,6 +288,28 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                 }
             }
         }
+    }
+
+    // Handover (the loop ends only so): the connection goes to the next instance as it stands.
+    let Connection {
+        framer,
+        line,
+        encoder,
+        ..
+    } = conn;
+    drop(encoder);
+    let (framer, pending) = framer.into_parts();
+    let record = ConnectionRecord {
+        id,
+        socket: socket.as_deref().map(str::to_owned),
+        framer,
+        pending: pending.len(),
+        line: line.snapshot(),
+        attribution,
+    };
+    if let Some(store) = registration.store {
+        registration.handed_over = true;
+        store.hand_over(stream, Resume { record, pending });
     }
 }
 

@@ -23,6 +23,8 @@ struct Target {
     path: OsString,
     /// An error if it could not be opened at start (then every send says why).
     socket: io::Result<(UnixDatagram, SocketAddr)>,
+    /// The same address for `sendmsg` (fds go with `SCM_RIGHTS`, which `sendto` cannot carry).
+    raw: Option<rustix::net::SocketAddrUnix>,
 }
 
 impl Target {
@@ -38,7 +40,12 @@ impl Target {
             };
             Ok((UnixDatagram::unbound()?, addr))
         })();
-        Target { path, socket }
+        let bytes = path.as_bytes();
+        let raw = match bytes.strip_prefix(b"@") {
+            Some(name) => rustix::net::SocketAddrUnix::new_abstract_name(name).ok(),
+            None => rustix::net::SocketAddrUnix::new(bytes).ok(),
+        };
+        Target { path, socket, raw }
     }
 }
 
@@ -159,6 +166,48 @@ impl Notifier {
                 e.kind(),
                 format!("{}: {e}", target.path.to_string_lossy()),
             )),
+        }
+    }
+
+    /// Sends `state` with `fds` attached (`SCM_RIGHTS`), as sd_pid_notify_with_fds(3) does:
+    /// `FDSTORE=1` hands them to the fd store. Blocks while the manager's queue is full.
+    pub fn send_with_fds(
+        &self,
+        state: &str,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        let (socket, addr) = match (&target.socket, &target.raw) {
+            (Ok((socket, _)), Some(addr)) => (socket, addr),
+            (Err(e), _) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", target.path.to_string_lossy()),
+                ));
+            }
+            (Ok(_), None) => {
+                return Err(io::Error::other(format!(
+                    "{}: not a socket address",
+                    target.path.to_string_lossy()
+                )));
+            }
+        };
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("too many fds for one message"));
+        }
+        let iov = [io::IoSlice::new(state.as_bytes())];
+        loop {
+            match rustix::net::sendmsg_addr(socket, addr, &iov, &mut control, SendFlags::empty()) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -1,0 +1,272 @@
+//! Connections carried across a restart in systemd's fd store (DESIGN §4, issue 18): which
+//! connections are in the store ([`Store`]), the state record handed to the next instance with
+//! them ([`StateRecord`]), and reading it back at start ([`pick_up`]).
+//!
+//! A connection goes into the store when it has lived a second (so a crash or `kill -9` drops
+//! no long-lived client, and 20,000 short connections a second never reach PID 1), or at the
+//! latest at the handover on SIGTERM. It leaves the store when this daemon ends it: otherwise
+//! systemd's copy would keep the socket open and the client would never see the close.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::peer::Attribution;
+use crate::protocol::FramerState;
+use crate::systemd::fdstore::{self, FdStore};
+
+use super::connection::Stream;
+use super::encode::LineSnapshot;
+
+/// How long a connection lives before it goes into the store.
+pub const STORE_AFTER: Duration = Duration::from_secs(1);
+
+/// A state record larger than this is not read (4096 connections with a 48 KiB line each
+/// pending stay well below).
+const MAX_RECORD: u64 = 1 << 30;
+
+/// One connection as the next instance needs it to go on where this one stopped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionRecord {
+    /// Its `CLIENT_CONNECTION`, which its entries keep.
+    pub id: u64,
+    /// Its listener's name (`SOCKET=`), when there were several.
+    pub socket: Option<String>,
+    pub framer: FramerState,
+    /// How many bytes of the record's data (after the JSON) are this connection's pending line.
+    pub pending: usize,
+    pub line: LineSnapshot,
+    /// Who the client is beyond its credentials, resolved when it first wrote; `None` if it has
+    /// not written yet. (Its pid, uid and gid are `SO_PEERCRED`, which the socket keeps.)
+    pub attribution: Option<Attribution>,
+}
+
+/// The state record: `CLIENT_CONNECTION` to continue from, and the carried connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateRecord {
+    pub next_connection: u64,
+    pub connections: Vec<ConnectionRecord>,
+}
+
+/// A connection's state handed over, with its pending bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub record: ConnectionRecord,
+    pub pending: Vec<u8>,
+}
+
+impl StateRecord {
+    /// JSON, a newline, then every connection's pending bytes one after the other: binary
+    /// lines stay compact.
+    pub fn encode(&self, pending: &[&[u8]]) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("a state record serialises");
+        out.push(b'\n');
+        for p in pending {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    /// The record and each connection's pending bytes, by `CLIENT_CONNECTION`.
+    pub fn decode(data: &[u8]) -> Result<(StateRecord, HashMap<u64, Resume>), String> {
+        let end = memchr::memchr(b'\n', data).ok_or("no end of the JSON part")?;
+        let record: StateRecord =
+            serde_json::from_slice(&data[..end]).map_err(|e| format!("JSON: {e}"))?;
+        let mut blob = &data[end + 1..];
+        let mut by_id = HashMap::new();
+        for c in &record.connections {
+            if c.pending > blob.len() {
+                return Err(format!("connection {}: pending bytes cut short", c.id));
+            }
+            let (mine, rest) = blob.split_at(c.pending);
+            blob = rest;
+            let resume = Resume {
+                record: c.clone(),
+                pending: mine.to_vec(),
+            };
+            if by_id.insert(c.id, resume).is_some() {
+                return Err(format!("connection {} twice", c.id));
+            }
+        }
+        if !blob.is_empty() {
+            return Err(format!("{} bytes after the last connection", blob.len()));
+        }
+        Ok((record, by_id))
+    }
+}
+
+/// Reads the state record the previous instance left, then takes it out of the store (it
+/// describes one handover only). A missing, corrupt or foreign one is logged and ignored: the
+/// connections are then served as fresh ones, under the numbers their names carry.
+pub fn pick_up(state: Option<OwnedFd>, store: Option<&FdStore>) -> (u64, HashMap<u64, Resume>) {
+    let Some(fd) = state else {
+        return (0, HashMap::new());
+    };
+    let decoded = fdstore::read_record(&fd, MAX_RECORD).and_then(|data| StateRecord::decode(&data));
+    if let Some(store) = store {
+        store.remove_logged(fdstore::STATE_NAME);
+    }
+    match decoded {
+        Ok((record, by_id)) => (record.next_connection, by_id),
+        Err(e) => {
+            tracing::warn!(
+                "fd store: ignoring the state record {} ({e}): carried connections start afresh",
+                fdstore::STATE_NAME
+            );
+            (0, HashMap::new())
+        }
+    }
+}
+
+/// A live connection, as the store sees it.
+#[derive(Debug)]
+struct Live {
+    /// Valid while the entry exists: the connection removes it before its socket closes.
+    fd: RawFd,
+    since: Instant,
+    stored: bool,
+}
+
+/// The fd store and the connections that may go into it.
+#[derive(Debug)]
+pub struct Store {
+    fdstore: FdStore,
+    live: Mutex<HashMap<u64, Live>>,
+    /// Filled by the connections at the handover.
+    handed: Mutex<Vec<(Stream, Resume)>>,
+}
+
+impl Store {
+    pub fn new(fdstore: FdStore) -> Self {
+        Store {
+            fdstore,
+            live: Mutex::default(),
+            handed: Mutex::default(),
+        }
+    }
+
+    pub fn fdstore(&self) -> &FdStore {
+        &self.fdstore
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts connection `id` (socket `fd`) in; `stored` when it came from the store.
+    pub fn register(&self, id: u64, fd: BorrowedFd<'_>, stored: bool) {
+        use std::os::fd::AsRawFd;
+        self.live().insert(
+            id,
+            Live {
+                fd: fd.as_raw_fd(),
+                since: Instant::now(),
+                stored,
+            },
+        );
+    }
+
+    /// Connection `id` ends (its socket is still open): out of the store, unless `handed_over`.
+    pub fn unregister(&self, id: u64, handed_over: bool) {
+        let was = self.live().remove(&id);
+        if was.is_some_and(|l| l.stored) && !handed_over {
+            self.fdstore.remove_logged(&fdstore::connection_name(id));
+        }
+    }
+
+    /// Stores every connection older than `age` that is not in the store yet; returns how many.
+    pub fn store_long_lived(&self, age: Duration) -> usize {
+        let now = Instant::now();
+        let mut live = self.live();
+        let mut stored = 0;
+        for (id, l) in live.iter_mut() {
+            if l.stored || now.duration_since(l.since) < age {
+                continue;
+            }
+            // SAFETY: the connection unregisters (under this lock) before its socket closes.
+            let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
+            match self.fdstore.store(&fdstore::connection_name(*id), fd) {
+                Ok(()) => {
+                    l.stored = true;
+                    stored += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("fd store: storing connection {id}: {e}");
+                    break;
+                }
+            }
+        }
+        stored
+    }
+
+    /// A connection gives itself up at the handover.
+    pub fn hand_over(&self, stream: Stream, resume: Resume) {
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((stream, resume));
+    }
+
+    /// Puts what the connections gave up into the store with the state record; the sockets
+    /// are closed here (systemd holds them now). Returns how many connections were carried.
+    pub fn commit(&self, next_connection: u64) -> std::io::Result<usize> {
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        let live = self.live();
+        for (stream, resume) in &handed {
+            let id = resume.record.id;
+            if live.get(&id).is_some_and(|l| l.stored) {
+                continue; // already there: systemd would only drop the duplicate
+            }
+            self.fdstore
+                .store(&fdstore::connection_name(id), stream.as_fd())?;
+        }
+        drop(live);
+        let record = StateRecord {
+            next_connection,
+            connections: handed.iter().map(|(_, r)| r.record.clone()).collect(),
+        };
+        let pending: Vec<&[u8]> = handed.iter().map(|(_, r)| r.pending.as_slice()).collect();
+        let fd = fdstore::sealed_record(&record.encode(&pending))?;
+        self.fdstore.store(fdstore::STATE_NAME, fd.as_fd())?;
+        Ok(handed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded_and_damage_is_an_error() {
+        let conn = |id, pending| ConnectionRecord {
+            id,
+            socket: Some("app.socket".into()),
+            framer: FramerState {
+                continuing: true,
+                ..Default::default()
+            },
+            pending,
+            line: LineSnapshot {
+                priority: 3,
+                facility: Some(4),
+                header: None,
+            },
+            attribution: None,
+        };
+        let record = StateRecord {
+            next_connection: 9,
+            connections: vec![conn(3, 2), conn(7, 0), conn(8, 3)],
+        };
+        let data = record.encode(&[b"ab", b"", b"\n\x00z"]);
+        let (back, by_id) = StateRecord::decode(&data).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(by_id[&3].pending, b"ab");
+        assert_eq!(by_id[&8].pending, b"\n\x00z");
+        assert!(StateRecord::decode(&data[..data.len() - 1]).is_err());
+        assert!(StateRecord::decode(b"{}\n").is_err());
+        assert!(StateRecord::decode(b"garbage").is_err());
+    }
+}
