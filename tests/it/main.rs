@@ -7,6 +7,8 @@ mod backpressure;
 mod cli;
 mod clients;
 mod config;
+mod fdstore_harness;
+mod handover;
 mod hostile;
 mod json;
 mod leftovers;
