@@ -135,8 +135,8 @@ struct Live {
 pub struct Store {
     fdstore: FdStore,
     live: Mutex<HashMap<u64, Live>>,
-    /// Filled by the connections at the handover.
-    handed: Mutex<Vec<(Stream, Resume)>>,
+    /// Filled by the connections at the handover: each with whether it is in the store already.
+    handed: Mutex<Vec<(Stream, Resume, bool)>>,
 }
 
 impl Store {
@@ -202,33 +202,34 @@ impl Store {
         stored
     }
 
-    /// A connection gives itself up at the handover.
+    /// A connection gives itself up at the handover (while still registered).
     pub fn hand_over(&self, stream: Stream, resume: Resume) {
+        let stored = self.live().get(&resume.record.id).is_some_and(|l| l.stored);
         self.handed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((stream, resume));
+            .push((stream, resume, stored));
     }
 
     /// Puts what the connections gave up into the store with the state record; the sockets
     /// are closed here (systemd holds them now). Returns how many connections were carried.
     pub fn commit(&self, next_connection: u64) -> std::io::Result<usize> {
         let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
-        let live = self.live();
-        for (stream, resume) in &handed {
-            let id = resume.record.id;
-            if live.get(&id).is_some_and(|l| l.stored) {
+        for (stream, resume, stored) in &handed {
+            if *stored {
                 continue; // already there: systemd would only drop the duplicate
             }
-            self.fdstore
-                .store(&fdstore::connection_name(id), stream.as_fd())?;
+            let name = fdstore::connection_name(resume.record.id);
+            self.fdstore.store(&name, stream.as_fd())?;
         }
-        drop(live);
         let record = StateRecord {
             next_connection,
-            connections: handed.iter().map(|(_, r)| r.record.clone()).collect(),
+            connections: handed.iter().map(|(_, r, _)| r.record.clone()).collect(),
         };
-        let pending: Vec<&[u8]> = handed.iter().map(|(_, r)| r.pending.as_slice()).collect();
+        let pending: Vec<&[u8]> = handed
+            .iter()
+            .map(|(_, r, _)| r.pending.as_slice())
+            .collect();
         let fd = fdstore::sealed_record(&record.encode(&pending))?;
         self.fdstore.store(fdstore::STATE_NAME, fd.as_fd())?;
         Ok(handed.len())

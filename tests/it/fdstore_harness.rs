@@ -44,6 +44,9 @@ pub struct Notice {
 struct Shared {
     /// Oldest first.
     store: Vec<Stored>,
+    /// (st_dev, st_ino) of every stored fd: systemd compares each new fd with every stored one
+    /// (`same_fd`), a cost of PID 1's that the benchmark is not about.
+    inodes: std::collections::HashSet<(u64, u64)>,
     notices: Vec<Notice>,
     /// Messages that broke the protocol (FDSTORE=1 without FDNAME, without FDPOLL=0, a name
     /// with `:`), for the test to fail on.
@@ -76,6 +79,7 @@ impl FdStoreManager {
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&notify, 8 << 20);
         let shared = Arc::new(Mutex::new(Shared {
             store: Vec::new(),
+            inodes: Default::default(),
             notices: Vec::new(),
             errors: Vec::new(),
         }));
@@ -323,11 +327,7 @@ fn receive(socket: UnixDatagram, shared: Arc<Mutex<Shared>>, ready: mpsc::Sender
             for fd in fds {
                 // systemd's same_fd(): a copy of an fd already stored is dropped.
                 let st = rustix::fs::fstat(&fd).unwrap();
-                let dup = shared.store.iter().any(|s| {
-                    let o = rustix::fs::fstat(&s.fd).unwrap();
-                    o.st_dev == st.st_dev && o.st_ino == st.st_ino
-                });
-                if !dup {
+                if shared.inodes.insert((st.st_dev, st.st_ino)) {
                     shared.store.push(Stored {
                         name: name.to_string(),
                         fd,
@@ -341,7 +341,17 @@ fn receive(socket: UnixDatagram, shared: Arc<Mutex<Shared>>, ready: mpsc::Sender
         }
         if fields.get("FDSTOREREMOVE") == Some(&"1") {
             match fields.get("FDNAME") {
-                Some(name) => shared.store.retain(|s| s.name != *name),
+                Some(name) => {
+                    let Shared { store, inodes, .. } = &mut *shared;
+                    store.retain(|s| {
+                        let keep = s.name != *name;
+                        if !keep {
+                            let st = rustix::fs::fstat(&s.fd).unwrap();
+                            inodes.remove(&(st.st_dev, st.st_ino));
+                        }
+                        keep
+                    });
+                }
                 None => shared
                     .errors
                     .push(format!("FDSTOREREMOVE=1 without FDNAME: {text:?}")),
