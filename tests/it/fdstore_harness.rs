@@ -269,8 +269,18 @@ impl Drop for FdStoreManager {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Close what is stored, and let the receiving thread go.
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.store.clear();
+        }
+        if let Ok(s) = UnixDatagram::unbound() {
+            let _ = s.send_to(STOP.as_bytes(), &self.notify_path);
+        }
     }
 }
+
+/// What the manager sends itself to end its receiving thread.
+const STOP: &str = "X_HARNESS_STOP=1";
 
 fn append(path: &Path) -> File {
     std::fs::OpenOptions::new()
@@ -302,6 +312,9 @@ fn receive(socket: UnixDatagram, shared: Arc<Mutex<Shared>>, ready: mpsc::Sender
             }
         }
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text == STOP {
+            return;
+        }
         let fields: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let mut shared = shared.lock().unwrap();
         shared.notices.push(Notice {
