@@ -270,4 +270,42 @@ mod tests {
         assert!(StateRecord::decode(b"{}\n").is_err());
         assert!(StateRecord::decode(b"garbage").is_err());
     }
+
+    /// The priority, facility and syslog header of a line being cut come back as they were;
+    /// out-of-range values from a foreign record fall back to the defaults.
+    #[test]
+    fn a_line_state_comes_back_from_its_snapshot() {
+        use crate::server::encode::LineState;
+        let env = HashMap::new();
+        let settings = crate::config::load(&crate::config::Sources {
+            file: crate::config::ConfigFile::Default("/nonexistent/app.toml".into()),
+            env: &env,
+            overrides: Default::default(),
+            euid: 0,
+        })
+        .unwrap();
+        let snapshot = LineSnapshot {
+            priority: 2,
+            facility: Some(16),
+            header: Some([
+                Some(b"tag".to_vec()),
+                Some(b"42".to_vec()),
+                None,
+                Some(b"ID7".to_vec()),
+                Some(b"[x@1 a=\"b\"]".to_vec()),
+            ]),
+        };
+        assert_eq!(
+            LineState::restore(&snapshot, &settings).snapshot(),
+            snapshot
+        );
+        let foreign = LineSnapshot {
+            priority: 9,
+            facility: Some(99),
+            header: None,
+        };
+        let back = LineState::restore(&foreign, &settings).snapshot();
+        assert_eq!(back.priority, settings.journal.default_priority);
+        assert_eq!(back.facility, None);
+    }
 }

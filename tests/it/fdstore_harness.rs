@@ -218,6 +218,19 @@ impl FdStoreManager {
         }
     }
 
+    /// Puts `fd` in the store as `name`, as if the daemon had sent it; replaces what is stored
+    /// under that name if `replace`.
+    pub fn inject(&self, name: &str, fd: OwnedFd, replace: bool) {
+        let mut shared = self.shared.lock().unwrap();
+        if replace {
+            shared.store.retain(|s| s.name != name);
+        }
+        shared.store.push(Stored {
+            name: name.to_owned(),
+            fd,
+        });
+    }
+
     /// Names in the store now, oldest first.
     pub fn stored_names(&self) -> Vec<String> {
         let shared = self.shared.lock().unwrap();

@@ -392,3 +392,118 @@ fn a_crash_drops_no_long_lived_client() {
     assert_eq!(manager.errors(), Vec::<String>::new());
     assert_eq!(manager.stored_names(), Vec::<String>::new());
 }
+
+/// A sealed memfd with `data`, as a state record would be.
+fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::io::write(&fd, data).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW)
+        .unwrap();
+    fd
+}
+
+/// Issue 18.3: a corrupt or foreign state record is logged and ignored, the connections are
+/// served afresh under the numbers their names carry; entries that are ours by name but of no
+/// use are removed; a client that wrote its last line and closed while no instance ran has
+/// that line logged, and is then taken out of the store.
+#[test]
+fn a_bad_state_record_and_stale_entries_are_logged_and_ignored() {
+    for (what, record) in [
+        (
+            "corrupt",
+            b"app fd-store state v1\n{\"next_connection\": [".to_vec(),
+        ),
+        ("foreign", b"{\"some\": \"other program\"}\n".to_vec()),
+    ] {
+        let mut manager = FdStoreManager::new();
+        let config = manager.dir().join("app.toml");
+        std::fs::write(&config, "").unwrap();
+        let config = config.display().to_string();
+        let argv = ["--config", &config, "serve", "--sink", "stdout"];
+        manager.start(APP, &argv, &[]);
+        let mut stays = UnixStream::connect(&manager.socket).unwrap();
+        let mut leaves = UnixStream::connect(&manager.socket).unwrap();
+        stays.write_all(b"before\n").unwrap();
+        leaves.write_all(b"hello\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while printed(&manager.stdout()).len() < 2 {
+            assert!(Instant::now() < deadline, "{}", manager.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(manager.stop().success());
+        let mut names = manager.stored_names();
+        names.sort();
+        assert_eq!(names, ["app-conn-1", "app-conn-2", "app-state"], "{what}");
+
+        // While no instance runs: one client says goodbye and closes.
+        leaves.write_all(b"goodbye\n").unwrap();
+        leaves.shutdown(std::net::Shutdown::Write).unwrap();
+        manager.inject("app-state", sealed(&record), true);
+        let (pipe, _w) = rustix::pipe::pipe().unwrap();
+        manager.inject("app-conn-77", pipe, false);
+        manager.inject("app-conn-x", sealed(b""), false);
+        manager.start(APP, &argv, &[]);
+
+        stays.write_all(b"after\n").unwrap();
+        leaves
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        leaves
+            .read_to_end(&mut rest)
+            .expect("the daemon closes after reading to the end");
+        assert!(rest.is_empty());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let lines = loop {
+            let lines: Vec<(u64, String)> = printed(&manager.stdout())
+                .into_iter()
+                .map(|m| (m.conn, m.text))
+                .collect();
+            if lines.len() >= 4 || Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let conn_of = |t: &str| lines.iter().find(|(_, l)| l == t).map(|(c, _)| *c);
+        assert_eq!(conn_of("before"), conn_of("after"), "{what}: {lines:?}");
+        assert_eq!(conn_of("hello"), conn_of("goodbye"), "{what}: {lines:?}");
+        assert!(
+            conn_of("after").is_some() && conn_of("goodbye").is_some(),
+            "{lines:?}"
+        );
+        let stderr = manager.stderr();
+        assert!(
+            stderr.contains("ignoring the state record app-state"),
+            "{what}: {stderr}"
+        );
+        assert!(stderr.contains("app-conn-77: not a socket"), "{stderr}");
+        assert!(stderr.contains("app-conn-x is of no use here"), "{stderr}");
+        // The closed client, the stale entries and the record are out of the store.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while manager.stored_names() != ["app-conn-1"] {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?}",
+                manager.stored_names()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A connection after the pickup is numbered after the carried ones.
+        let mut third = UnixStream::connect(&manager.socket).unwrap();
+        third.write_all(b"third\n").unwrap();
+        drop(third);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = printed(&manager.stdout());
+            if let Some(m) = p.iter().find(|m| m.text == "third") {
+                assert_eq!(m.conn, 3, "{what}");
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(manager.stop().success());
+        assert_eq!(manager.errors(), Vec::<String>::new());
+    }
+}
