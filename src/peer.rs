@@ -49,7 +49,7 @@ const SO_PEERPIDFD: libc::c_int = 77;
 const SO_PEERPIDFD: libc::c_int = 0x56;
 
 /// What systemd would say about the client process, as of accept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attribution {
     pub comm: Option<String>,
     /// The cgroup path, relative to the host's root cgroup (journald's `_SYSTEMD_CGROUP`).

@@ -133,7 +133,7 @@ impl Accept {
 
     /// Serves a connection carried over from the previous instance, under its number, going
     /// on from where that instance stopped (`resume`; `None` after a crash).
-    pub(super) fn resume(&self, stream: Stream, peer: Peer, id: u64, resume: Option<Resume>) {
+    pub(super) fn resume(&self, stream: Stream, peer: Peer, id: u64, resume: Option<Box<Resume>>) {
         let key = Key::of(&peer);
         self.ctx.stats.rejoin(key);
         self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +171,7 @@ impl Accept {
         peer: Peer,
         id: u64,
         key: Key,
-        resume: Option<Resume>,
+        resume: Option<Box<Resume>>,
         stored: bool,
     ) {
         let who = peer.clone();

@@ -125,25 +125,29 @@ pub async fn serve(
     id: u64,
     socket: Option<Arc<str>>,
     ctx: Context,
-    resume: Option<Resume>,
+    resume: Option<Box<Resume>>,
     stored: bool,
 ) {
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
     let mut encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
     let max_line = settings.limits.max_line_bytes.get();
-    let (framer, line, mut attribution) = match resume {
-        Some(Resume { record, pending }) => (
-            Framer::from_parts(max_line, record.framer, pending),
-            LineState::restore(&record.line, &settings),
-            record.attribution,
-        ),
-        None => (Framer::new(max_line), LineState::new(&settings), None),
+    // Boxed, and taken apart before the first await: a connection's future stays small.
+    let (framer, line, mut attributed) = match resume.map(|r| *r) {
+        Some(Resume {
+            record,
+            pending,
+            fields,
+        }) => {
+            encoder.add_encoded(&fields);
+            (
+                Framer::from_parts(max_line, record.framer, pending),
+                LineState::restore(&record.line, &settings),
+                record.attributed,
+            )
+        }
+        None => (Framer::new(max_line), LineState::new(&settings), false),
     };
-    if let Some(who) = &attribution {
-        encoder.add_fields(who.fields(crate::peer::sends_object_fields()));
-    }
-    let mut attributed = attribution.is_some();
     // Declared after `stream` (a parameter): dropped before it, so the store lets go first.
     let mut registration = Registration {
         store: ctx.store.as_deref(),
@@ -257,9 +261,6 @@ pub async fn serve(
                         let who = attribute(&stream, &peer, &settings);
                         let objects = crate::peer::sends_object_fields();
                         conn.encoder.add_fields(who.fields(objects));
-                        if ctx.store.is_some() {
-                            attribution = Some(who);
-                        }
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;
                     // No connection may hold the runtime: a client that keeps its socket full
@@ -297,6 +298,7 @@ pub async fn serve(
         encoder,
         ..
     } = conn;
+    let fields = encoder.added_fields().to_vec();
     drop(encoder);
     let (framer, pending) = framer.into_parts();
     let record = ConnectionRecord {
@@ -305,11 +307,17 @@ pub async fn serve(
         framer,
         pending: pending.len(),
         line: line.snapshot(),
-        attribution,
+        attributed,
+        fields: fields.len(),
     };
     if let Some(store) = registration.store {
         registration.handed_over = true;
-        store.hand_over(stream, Resume { record, pending });
+        let resume = Resume {
+            record,
+            pending,
+            fields,
+        };
+        store.hand_over(stream, resume);
     }
 }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::peer::Attribution;
 use crate::protocol::FramerState;
 use crate::systemd::fdstore::{self, FdStore};
 
@@ -39,9 +38,13 @@ pub struct ConnectionRecord {
     /// How many bytes of the record's data (after the JSON) are this connection's pending line.
     pub pending: usize,
     pub line: LineSnapshot,
-    /// Who the client is beyond its credentials, resolved when it first wrote; `None` if it has
-    /// not written yet. (Its pid, uid and gid are `SO_PEERCRED`, which the socket keeps.)
-    pub attribution: Option<Attribution>,
+    /// Whether the client was attributed (its unit and command, resolved when it first
+    /// wrote): then the fields came along, and are not resolved again. (Its pid, uid and gid
+    /// are `SO_PEERCRED`, which the socket keeps.)
+    pub attributed: bool,
+    /// How many bytes of the record's data, after the pending ones, are those fields (native
+    /// format, as the entries carry them).
+    pub fields: usize,
 }
 
 /// The state record: `CLIENT_CONNECTION` to continue from, and the carried connections.
@@ -51,21 +54,23 @@ pub struct StateRecord {
     pub connections: Vec<ConnectionRecord>,
 }
 
-/// A connection's state handed over, with its pending bytes.
+/// A connection's state handed over, with its pending bytes and attribution fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
     pub record: ConnectionRecord,
     pub pending: Vec<u8>,
+    pub fields: Vec<u8>,
 }
 
 impl StateRecord {
-    /// JSON, a newline, then every connection's pending bytes one after the other: binary
-    /// lines stay compact.
-    pub fn encode(&self, pending: &[&[u8]]) -> Vec<u8> {
+    /// JSON, a newline, then every connection's pending bytes and fields one after the
+    /// other: binary stays compact.
+    pub fn encode(&self, data: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = serde_json::to_vec(self).expect("a state record serialises");
         out.push(b'\n');
-        for p in pending {
-            out.extend_from_slice(p);
+        for (pending, fields) in data {
+            out.extend_from_slice(pending);
+            out.extend_from_slice(fields);
         }
         out
     }
@@ -77,15 +82,19 @@ impl StateRecord {
             serde_json::from_slice(&data[..end]).map_err(|e| format!("JSON: {e}"))?;
         let mut blob = &data[end + 1..];
         let mut by_id = HashMap::new();
-        for c in &record.connections {
-            if c.pending > blob.len() {
-                return Err(format!("connection {}: pending bytes cut short", c.id));
+        let mut take = |n: usize, id: u64| {
+            if n > blob.len() {
+                return Err(format!("connection {id}: its data cut short"));
             }
-            let (mine, rest) = blob.split_at(c.pending);
+            let (mine, rest) = blob.split_at(n);
             blob = rest;
+            Ok(mine.to_vec())
+        };
+        for c in &record.connections {
             let resume = Resume {
                 record: c.clone(),
-                pending: mine.to_vec(),
+                pending: take(c.pending, c.id)?,
+                fields: take(c.fields, c.id)?,
             };
             if by_id.insert(c.id, resume).is_some() {
                 return Err(format!("connection {} twice", c.id));
@@ -226,11 +235,11 @@ impl Store {
             next_connection,
             connections: handed.iter().map(|(_, r, _)| r.record.clone()).collect(),
         };
-        let pending: Vec<&[u8]> = handed
+        let data: Vec<(&[u8], &[u8])> = handed
             .iter()
-            .map(|(_, r, _)| r.pending.as_slice())
+            .map(|(_, r, _)| (r.pending.as_slice(), r.fields.as_slice()))
             .collect();
-        let fd = fdstore::sealed_record(&record.encode(&pending))?;
+        let fd = fdstore::sealed_record(&record.encode(&data))?;
         self.fdstore.store(fdstore::STATE_NAME, fd.as_fd())?;
         Ok(handed.len())
     }
@@ -255,17 +264,19 @@ mod tests {
                 facility: Some(4),
                 header: None,
             },
-            attribution: None,
+            attributed: true,
+            fields: 1,
         };
         let record = StateRecord {
             next_connection: 9,
             connections: vec![conn(3, 2), conn(7, 0), conn(8, 3)],
         };
-        let data = record.encode(&[b"ab", b"", b"\n\x00z"]);
+        let data = record.encode(&[(b"ab", b"1"), (b"", b"2"), (b"\n\x00z", b"3")]);
         let (back, by_id) = StateRecord::decode(&data).unwrap();
         assert_eq!(back, record);
         assert_eq!(by_id[&3].pending, b"ab");
         assert_eq!(by_id[&8].pending, b"\n\x00z");
+        assert_eq!(by_id[&8].fields, b"3");
         assert!(StateRecord::decode(&data[..data.len() - 1]).is_err());
         assert!(StateRecord::decode(b"{}\n").is_err());
         assert!(StateRecord::decode(b"garbage").is_err());

@@ -262,7 +262,7 @@ fn resume_carried(
                 continue;
             }
         };
-        let resume = resumes.remove(&id);
+        let resume = resumes.remove(&id).map(Box::new);
         let accept = Accept {
             ctx: ctx.clone(),
             tracker: tracker.clone(),

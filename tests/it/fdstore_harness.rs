@@ -48,6 +48,9 @@ struct Shared {
     /// (`same_fd`), a cost of PID 1's that the benchmark is not about.
     inodes: std::collections::HashSet<(u64, u64)>,
     notices: Vec<Notice>,
+    /// The last sync marker the receiving thread has seen, and the last one sent.
+    synced: u64,
+    synced_asked: u64,
     /// Messages that broke the protocol (FDSTORE=1 without FDNAME, without FDPOLL=0, a name
     /// with `:`), for the test to fail on.
     errors: Vec<String>,
@@ -81,6 +84,8 @@ impl FdStoreManager {
             store: Vec::new(),
             inodes: Default::default(),
             notices: Vec::new(),
+            synced: 0,
+            synced_asked: 0,
             errors: Vec::new(),
         }));
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -110,6 +115,19 @@ impl FdStoreManager {
     /// store in `LISTEN_FDS`, `NOTIFY_SOCKET`, `FDSTORE=4224` (what the unit sets); waits for
     /// `READY=1` and returns when it came.
     pub fn start(&mut self, app: &str, argv: &[&str], env: &[(&str, &str)]) -> Instant {
+        self.start_in(&[], app, argv, env)
+    }
+
+    /// [`FdStoreManager::start`] through `prefix`, a command that must exec what follows it in
+    /// the same process (`nsenter --target PID --mount --`, to run inside a test journald's
+    /// mount namespace).
+    pub fn start_in(
+        &mut self,
+        prefix: &[&str],
+        app: &str,
+        argv: &[&str],
+        env: &[(&str, &str)],
+    ) -> Instant {
         assert!(self.child.is_none(), "an instance is running");
         while self.ready_rx.try_recv().is_ok() {}
         let (fds, names) = {
@@ -131,7 +149,14 @@ impl FdStoreManager {
             .collect();
         drop(fds);
         let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
-        let mut cmd = Command::new("sh");
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("sh");
+                c
+            }
+            None => Command::new("sh"),
+        };
         // LISTEN_PID must be the daemon's pid: the shell's, which exec keeps.
         cmd.arg("-c")
             .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
@@ -208,6 +233,7 @@ impl FdStoreManager {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
+                self.sync();
                 return status;
             }
             if Instant::now() > deadline {
@@ -215,6 +241,28 @@ impl FdStoreManager {
                 panic!("the daemon did not exit within 20 s: {}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Returns once every message sent to the notify socket so far has been taken in: systemd
+    /// reads what a service sent before it handles the service's exit (the notify socket's
+    /// event source has the higher priority), and so must the stand-in.
+    pub fn sync(&self) {
+        let n = {
+            let mut shared = self.shared.lock().unwrap();
+            shared.synced_asked += 1;
+            shared.synced_asked
+        };
+        let s = UnixDatagram::unbound().unwrap();
+        s.send_to(format!("{SYNC}{n}").as_bytes(), &self.notify_path)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.shared.lock().unwrap().synced < n {
+            assert!(
+                Instant::now() < deadline,
+                "the notify socket was not drained"
+            );
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -294,6 +342,8 @@ impl Drop for FdStoreManager {
 
 /// What the manager sends itself to end its receiving thread.
 const STOP: &str = "X_HARNESS_STOP=1";
+/// What the manager sends itself to know the thread has read everything before it.
+const SYNC: &str = "X_HARNESS_SYNC=";
 
 fn append(path: &Path) -> File {
     std::fs::OpenOptions::new()
@@ -327,6 +377,10 @@ fn receive(socket: UnixDatagram, shared: Arc<Mutex<Shared>>, ready: mpsc::Sender
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         if text == STOP {
             return;
+        }
+        if let Some(n) = text.strip_prefix(SYNC).and_then(|n| n.parse().ok()) {
+            shared.lock().unwrap().synced = n;
+            continue;
         }
         let fields: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let mut shared = shared.lock().unwrap();

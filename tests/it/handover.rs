@@ -507,3 +507,57 @@ fn a_bad_state_record_and_stale_entries_are_logged_and_ignored() {
         assert_eq!(manager.errors(), Vec::<String>::new());
     }
 }
+
+/// Issue 18.2 with a real journald: a client's entries keep every CLIENT_* field across a
+/// restart — its credentials (SO_PEERCRED, re-read from the socket), its command and unit
+/// (resolved once, when it first wrote, and carried in the state record) and CLIENT_CONNECTION.
+#[test]
+fn a_carried_client_keeps_its_fields_journald() {
+    crate::support::require_root("a_carried_client_keeps_its_fields_journald");
+    let journald = crate::support::Journald::start();
+    let id = crate::support::identifier("handover-fields");
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve"];
+    let target = journald.pid().to_string();
+    let prefix = ["nsenter", "--target", &target, "--mount", "--"];
+    let env = [("APP_JOURNAL__IDENTIFIER", id.as_str())];
+    manager.start_in(&prefix, APP, &argv, &env);
+    let mut socat = std::process::Command::new("socat")
+        .args(["-", &format!("UNIX-CONNECT:{}", manager.socket.display())])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("socat");
+    let mut stdin = socat.stdin.take().unwrap();
+    stdin.write_all(b"before the restart\n").unwrap();
+    journald.wait_for(&id, 1);
+    assert!(manager.stop().success(), "{}", manager.stderr());
+    manager.start_in(&prefix, APP, &argv, &env);
+    stdin.write_all(b"after the restart\n").unwrap();
+    let entries = journald.wait_for(&id, 2);
+    let _ = socat.kill();
+    let _ = socat.wait();
+    assert_eq!(entries[0].get("MESSAGE"), "before the restart");
+    assert_eq!(entries[1].get("MESSAGE"), "after the restart");
+    for field in [
+        "CLIENT_CONNECTION",
+        "CLIENT_PID",
+        "CLIENT_UID",
+        "CLIENT_GID",
+        "CLIENT_COMM",
+        "CLIENT_CGROUP",
+    ] {
+        assert_eq!(
+            entries[0].str(field),
+            entries[1].str(field),
+            "{field}: {:?}",
+            entries
+        );
+    }
+    assert_eq!(entries[1].get("CLIENT_COMM"), "socat");
+    // Two pids on the journal socket, one CLIENT_CONNECTION: two instances, one connection.
+    assert_ne!(entries[0].get("_PID"), entries[1].get("_PID"));
+}
