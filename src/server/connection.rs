@@ -76,6 +76,19 @@ impl Stream {
                 .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
     }
 
+    /// The address the client connected to (a listener's path, `ip:port`), as
+    /// [`crate::listener::Socket::address`] names a listener.
+    pub fn local_address(&self) -> Option<String> {
+        match self {
+            Stream::Unix(s) => s
+                .local_addr()
+                .ok()?
+                .as_pathname()
+                .map(|p| p.display().to_string()),
+            Stream::Tcp(s) => s.local_addr().ok().map(|a| a.to_string()),
+        }
+    }
+
     /// Best-effort, never-blocking write of a short notice: a client that does not read must not
     /// hold the daemon up.
     pub fn notify(&self, text: &str) {

@@ -197,11 +197,17 @@ impl Store {
             }
             // SAFETY: the connection unregisters (under this lock) before its socket closes.
             let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
-            match self.fdstore.store(&fdstore::connection_name(*id), fd) {
+            // Never waits on PID 1 here: the runtime serves every client meanwhile. What does not
+            // fit in its queue now goes at the next tick.
+            match self
+                .fdstore
+                .store(&fdstore::connection_name(*id), fd, false)
+            {
                 Ok(()) => {
                     l.stored = true;
                     stored += 1;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::warn!("fd store: storing connection {id}: {e}");
                     break;
@@ -229,7 +235,7 @@ impl Store {
                 continue; // already there: systemd would only drop the duplicate
             }
             let name = fdstore::connection_name(resume.record.id);
-            self.fdstore.store(&name, stream.as_fd())?;
+            self.fdstore.store(&name, stream.as_fd(), true)?;
         }
         let record = StateRecord {
             next_connection,
@@ -240,7 +246,7 @@ impl Store {
             .map(|(_, r, _)| (r.pending.as_slice(), r.fields.as_slice()))
             .collect();
         let fd = fdstore::sealed_record(&record.encode(&data))?;
-        self.fdstore.store(fdstore::STATE_NAME, fd.as_fd())?;
+        self.fdstore.store(fdstore::STATE_NAME, fd.as_fd(), true)?;
         Ok(handed.len())
     }
 }

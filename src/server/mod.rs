@@ -79,7 +79,17 @@ pub async fn run(
     let beat_every = control.watchdog.map(|w| w / 4);
 
     let from_store = std::mem::take(&mut control.from_store);
-    let carried = resume_carried(from_store, &control, &ctx, &tracker, &next_id);
+    // Which listener a carried connection came in on, when no state record says (a crash):
+    // its local address is the listener's.
+    let addresses: Vec<(String, Arc<str>)> = match named {
+        true => sockets
+            .iter()
+            .zip(&names)
+            .map(|(l, name)| (l.socket.address(), Arc::from(name.as_str())))
+            .collect(),
+        false => Vec::new(),
+    };
+    let carried = resume_carried(from_store, &control, &ctx, &tracker, &next_id, &addresses);
 
     for (listener, name) in sockets.into_iter().zip(names) {
         let origin = listener.origin.clone();
@@ -229,6 +239,7 @@ fn resume_carried(
     ctx: &Context,
     tracker: &TaskTracker,
     next_id: &Arc<AtomicU64>,
+    addresses: &[(String, Arc<str>)],
 ) -> usize {
     if from_store.is_empty() {
         return 0;
@@ -263,14 +274,21 @@ fn resume_carried(
             }
         };
         let resume = resumes.remove(&id).map(Box::new);
+        let socket_name = match &resume {
+            Some(r) => r.record.socket.as_deref().map(Arc::from),
+            None => {
+                let local = stream.local_address();
+                addresses
+                    .iter()
+                    .find(|(address, _)| Some(address) == local.as_ref())
+                    .map(|(_, name)| name.clone())
+            }
+        };
         let accept = Accept {
             ctx: ctx.clone(),
             tracker: tracker.clone(),
             next_id: next_id.clone(),
-            socket_name: resume
-                .as_ref()
-                .and_then(|r| r.record.socket.as_deref())
-                .map(Arc::from),
+            socket_name,
             heartbeat: None,
         };
         accept.resume(stream, peer, id, resume);

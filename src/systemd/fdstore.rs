@@ -63,10 +63,11 @@ impl FdStore {
 
     /// Hands `fd` to the store as `name`. `FDPOLL=0`: systemd must not drop a connection whose
     /// client hung up — the lines it wrote before are still in the socket, for the next instance
-    /// to read; this daemon removes it once it has read it to the end.
-    pub fn store(&self, name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.notifier
-            .send_with_fds(&format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0"), &[fd])
+    /// to read; this daemon removes it once it has read it to the end. With `wait` false, a
+    /// full queue at the manager is `WouldBlock` rather than a wait.
+    pub fn store(&self, name: &str, fd: BorrowedFd<'_>, wait: bool) -> io::Result<()> {
+        let state = format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0");
+        self.notifier.send_with_fds(&state, &[fd], wait)
     }
 
     /// Takes every fd stored as `name` out of the store (systemd closes its copies).

@@ -170,11 +170,13 @@ impl Notifier {
     }
 
     /// Sends `state` with `fds` attached (`SCM_RIGHTS`), as sd_pid_notify_with_fds(3) does:
-    /// `FDSTORE=1` hands them to the fd store. Blocks while the manager's queue is full.
+    /// `FDSTORE=1` hands them to the fd store. Blocks while the manager's queue is full, unless
+    /// `wait` is false: then that is `WouldBlock`.
     pub fn send_with_fds(
         &self,
         state: &str,
         fds: &[std::os::fd::BorrowedFd<'_>],
+        wait: bool,
     ) -> io::Result<()> {
         use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
         use std::mem::MaybeUninit;
@@ -202,8 +204,13 @@ impl Notifier {
             return Err(io::Error::other("too many fds for one message"));
         }
         let iov = [io::IoSlice::new(state.as_bytes())];
+        let flags = if wait {
+            SendFlags::empty()
+        } else {
+            SendFlags::DONTWAIT
+        };
         loop {
-            match rustix::net::sendmsg_addr(socket, addr, &iov, &mut control, SendFlags::empty()) {
+            match rustix::net::sendmsg_addr(socket, addr, &iov, &mut control, flags) {
                 Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),

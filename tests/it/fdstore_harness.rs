@@ -61,6 +61,8 @@ pub struct FdStoreManager {
     dir: tempfile::TempDir,
     pub socket: PathBuf,
     listener: UnixListener,
+    /// More listeners of the socket unit, with their names (`FileDescriptorName=`).
+    extra: Vec<(UnixListener, String)>,
     notify_path: PathBuf,
     shared: Arc<Mutex<Shared>>,
     ready_rx: mpsc::Receiver<Instant>,
@@ -99,12 +101,22 @@ impl FdStoreManager {
             dir,
             socket,
             listener,
+            extra: Vec::new(),
             notify_path,
             shared,
             ready_rx,
             child: None,
             starts: 0,
         }
+    }
+
+    /// Adds a listener at `file` in the manager's directory, named `name`, passed after the
+    /// first one; returns its path.
+    pub fn add_listener(&mut self, file: &str, name: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        self.extra
+            .push((UnixListener::bind(&path).unwrap(), name.to_owned()));
+        path
     }
 
     pub fn dir(&self) -> &Path {
@@ -134,6 +146,10 @@ impl FdStoreManager {
             let shared = self.shared.lock().unwrap();
             let mut fds: Vec<OwnedFd> = vec![self.listener.as_fd().try_clone_to_owned().unwrap()];
             let mut names = vec!["app.socket".to_owned()];
+            for (l, name) in &self.extra {
+                fds.push(l.as_fd().try_clone_to_owned().unwrap());
+                names.push(name.clone());
+            }
             // systemd prepends each stored fd to its list: the newest comes first.
             for s in shared.store.iter().rev() {
                 fds.push(s.fd.try_clone().unwrap());

@@ -561,3 +561,38 @@ fn a_carried_client_keeps_its_fields_journald() {
     // Two pids on the journal socket, one CLIENT_CONNECTION: two instances, one connection.
     assert_ne!(entries[0].get("_PID"), entries[1].get("_PID"));
 }
+
+/// After a crash there is no state record: a carried connection's `SOCKET=` (when there are
+/// several listeners) comes from its local address, which is its listener's.
+#[test]
+fn after_a_crash_a_connection_keeps_its_socket_name_journald() {
+    crate::support::require_root("after_a_crash_a_connection_keeps_its_socket_name_journald");
+    let journald = crate::support::Journald::start();
+    let id = crate::support::identifier("handover-socket");
+    let mut manager = FdStoreManager::new();
+    let second = manager.add_listener("second.sock", "second");
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve"];
+    let target = journald.pid().to_string();
+    let prefix = ["nsenter", "--target", &target, "--mount", "--"];
+    let env = [("APP_JOURNAL__IDENTIFIER", id.as_str())];
+    manager.start_in(&prefix, APP, &argv, &env);
+    let mut client = UnixStream::connect(&second).unwrap();
+    client.write_all(b"one\n").unwrap();
+    journald.wait_for(&id, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !manager.stored_names().contains(&"app-conn-1".to_owned()) {
+        assert!(Instant::now() < deadline, "{:?}", manager.stored_names());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    manager.kill();
+    manager.start_in(&prefix, APP, &argv, &env);
+    client.write_all(b"two\n").unwrap();
+    let entries = journald.wait_for(&id, 2);
+    assert_eq!(entries[1].get("MESSAGE"), "two");
+    assert_eq!(entries[0].get("SOCKET"), "second");
+    assert_eq!(entries[1].get("SOCKET"), "second", "{entries:?}");
+    assert_eq!(entries[1].get("CLIENT_CONNECTION"), "1");
+}
