@@ -22,6 +22,8 @@ use super::encode::LineSnapshot;
 
 /// How long a connection lives before it goes into the store.
 pub const STORE_AFTER: Duration = Duration::from_secs(1);
+/// How often connections that came of age are looked for.
+const STORE_EVERY: Duration = Duration::from_millis(250);
 
 /// A state record larger than this is not read (4096 connections with a 48 KiB line each
 /// pending stay well below).
@@ -186,11 +188,11 @@ impl Store {
         }
     }
 
-    /// Stores every connection older than `age` that is not in the store yet; returns how many.
-    pub fn store_long_lived(&self, age: Duration) -> usize {
+    /// Stores every connection older than `age` that is not in the store yet; returns false
+    /// if PID 1's queue was full before the last one.
+    pub fn store_long_lived(&self, age: Duration) -> bool {
         let now = Instant::now();
         let mut live = self.live();
-        let mut stored = 0;
         for (id, l) in live.iter_mut() {
             if l.stored || now.duration_since(l.since) < age {
                 continue;
@@ -198,23 +200,35 @@ impl Store {
             // SAFETY: the connection unregisters (under this lock) before its socket closes.
             let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
             // Never waits on PID 1 here: the runtime serves every client meanwhile. What does not
-            // fit in its queue now goes at the next tick.
-            match self
-                .fdstore
-                .store(&fdstore::connection_name(*id), fd, false)
-            {
-                Ok(()) => {
-                    l.stored = true;
-                    stored += 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // fit in its queue now goes a moment later (`keep_storing`).
+            let name = fdstore::connection_name(*id);
+            match self.fdstore.store(&name, fd, false) {
+                Ok(()) => l.stored = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     tracing::warn!("fd store: storing connection {id}: {e}");
                     break;
                 }
             }
         }
-        stored
+        true
+    }
+
+    /// Puts long-lived connections into the store as they come of age, until `shutdown`. When
+    /// PID 1's queue is full (`net.unix.max_dgram_qlen` datagrams) it tries again shortly, never
+    /// holding up the runtime meanwhile.
+    pub async fn keep_storing(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let pause = if self.store_long_lived(STORE_AFTER) {
+                STORE_EVERY
+            } else {
+                Duration::from_millis(2)
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
 
     /// A connection gives itself up at the handover (while still registered).

@@ -168,8 +168,11 @@ pub async fn run(
         control,
         inherited,
         watchdog: Watchdog::new(hearts),
-        store: store.clone(),
     };
+    let storing = store.clone().map(|store| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { store.keep_storing(shutdown).await })
+    });
     if single {
         // Accept=yes: the one connection is the whole job.
         tracker.close();
@@ -185,6 +188,9 @@ pub async fn run(
     let timeout = ctx.settings.borrow().service.shutdown_timeout;
     shutdown.cancel();
     accept_loops.wait().await;
+    if let Some(storing) = storing {
+        let _ = storing.await;
+    }
     // Not accepting any more: a client connecting from now on is refused, not left hanging.
     drop(bound);
     tracker.close();

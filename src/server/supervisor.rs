@@ -119,8 +119,6 @@ pub(crate) struct Supervisor {
     /// Idle exit applies only when systemd holds the socket for us.
     pub inherited: bool,
     pub watchdog: Watchdog,
-    /// The fd store: long-lived connections go into it while they live.
-    pub store: Option<Arc<super::handover::Store>>,
 }
 
 impl Supervisor {
@@ -154,9 +152,6 @@ impl Supervisor {
                     self.reload(reloads);
                 }
                 _ = tick.tick() => {
-                    if let Some(store) = &self.store {
-                        store.store_long_lived(super::handover::STORE_AFTER);
-                    }
                     self.report_suppressed();
                     refusals.report(&self.stats, &self.settings.borrow());
                     status.update(&self.stats, &self.control.notifier);
