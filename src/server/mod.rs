@@ -195,10 +195,7 @@ pub async fn run(
     drop(bound);
     tracker.close();
     if store.is_some() {
-        tracing::debug!(
-            "shutting down: handing {} connections over to the fd store",
-            stats.clients.load(Ordering::Relaxed)
-        );
+        tracing::debug!("shutting down: handing the connections over to the fd store");
     } else {
         tracing::debug!(
             "shutting down: draining {} connections",

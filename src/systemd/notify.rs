@@ -273,6 +273,42 @@ mod tests {
         assert_eq!(one_line(&"é".repeat(2000)).len(), 1024);
     }
 
+    /// What sd_pid_notify_with_fds(3) sends: the text, and the fds as `SCM_RIGHTS`.
+    #[test]
+    fn sends_fds_with_a_message() {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::mem::MaybeUninit;
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        Notifier::to_socket(path.as_os_str())
+            .send_with_fds("FDSTORE=1\nFDNAME=x", &[file.as_fd()], true)
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let n = rustix::net::recvmsg(&rx, &mut iov, &mut control, RecvFlags::empty())
+            .unwrap()
+            .bytes;
+        let fds: Vec<_> = control
+            .drain()
+            .flat_map(|m| match m {
+                RecvAncillaryMessage::ScmRights(fds) => fds.collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=x");
+        assert_eq!(fds.len(), 1);
+        let (a, b) = (
+            rustix::fs::fstat(&fds[0]).unwrap(),
+            rustix::fs::fstat(&file).unwrap(),
+        );
+        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
+    }
+
     #[test]
     fn unset_is_silent() {
         assert!(Notifier::disabled().send("READY=1").is_ok());
