@@ -148,6 +148,10 @@ pub struct Store {
     live: Mutex<HashMap<u64, Live>>,
     /// Filled by the connections at the handover: each with whether it is in the store already.
     handed: Mutex<Vec<(Stream, Resume, bool)>>,
+    /// Set at the commit: a connection still running then (stuck behind a journal that took
+    /// nothing for `service.shutdown_timeout`) is dropped with the runtime, and stays in the
+    /// store if it is there, for the next instance, as after a crash.
+    committed: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -156,6 +160,7 @@ impl Store {
             fdstore,
             live: Mutex::default(),
             handed: Mutex::default(),
+            committed: Default::default(),
         }
     }
 
@@ -183,7 +188,8 @@ impl Store {
     /// Connection `id` ends (its socket is still open): out of the store, unless `handed_over`.
     pub fn unregister(&self, id: u64, handed_over: bool) {
         let was = self.live().remove(&id);
-        if was.is_some_and(|l| l.stored) && !handed_over {
+        let committed = self.committed.load(std::sync::atomic::Ordering::Relaxed);
+        if was.is_some_and(|l| l.stored) && !handed_over && !committed {
             self.fdstore.remove_logged(&fdstore::connection_name(id));
         }
     }
@@ -243,6 +249,8 @@ impl Store {
     /// Puts what the connections gave up into the store with the state record; the sockets
     /// are closed here (systemd holds them now). Returns how many connections were carried.
     pub fn commit(&self, next_connection: u64) -> std::io::Result<usize> {
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
         for (stream, resume, stored) in &handed {
             if *stored {

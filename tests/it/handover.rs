@@ -596,3 +596,73 @@ fn after_a_crash_a_connection_keeps_its_socket_name_journald() {
     assert_eq!(entries[1].get("SOCKET"), "second", "{entries:?}");
     assert_eq!(entries[1].get("CLIENT_CONNECTION"), "1");
 }
+
+/// A stop while the journal takes nothing: after `service.shutdown_timeout` without a single
+/// entry delivered the daemon exits anyway; a connection still stuck behind the journal then
+/// stays in the store (as after a crash) and the next instance serves it.
+#[test]
+fn a_connection_stuck_behind_a_stalled_journal_stays_in_the_store_journald() {
+    crate::support::require_root(
+        "a_connection_stuck_behind_a_stalled_journal_stays_in_the_store_journald",
+    );
+    let journald = crate::support::Journald::start();
+    let id = crate::support::identifier("handover-stuck");
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(
+        &config,
+        "[service]\nshutdown_timeout = \"1s\"\n[limits]\nrate_limit_burst = 0\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve"];
+    let target = journald.pid().to_string();
+    let prefix = ["nsenter", "--target", &target, "--mount", "--"];
+    let env = [("APP_JOURNAL__IDENTIFIER", id.as_str())];
+    manager.start_in(&prefix, APP, &argv, &env);
+    let mut client = UnixStream::connect(&manager.socket).unwrap();
+    client.write_all(b"first\n").unwrap();
+    journald.wait_for(&id, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !manager.stored_names().contains(&"app-conn-1".to_owned()) {
+        assert!(Instant::now() < deadline, "{:?}", manager.stored_names());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    journald.signal(rustix::process::Signal::STOP);
+    // More than journald's queue and the sink's take: the connection waits on the sink.
+    client
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for i in 0..20_000 {
+        if client
+            .write_all(format!("stuck {i:05}\n").as_bytes())
+            .is_err()
+        {
+            break; // the daemon stopped reading: enough is in flight
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert!(manager.stop().success(), "{}", manager.stderr());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        manager.stored_names().contains(&"app-conn-1".to_owned()),
+        "{:?}: {}",
+        manager.stored_names(),
+        manager.stderr()
+    );
+    journald.signal(rustix::process::Signal::CONT);
+    manager.start_in(&prefix, APP, &argv, &env);
+    client.set_write_timeout(None).unwrap();
+    client.write_all(b"after\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = journald.query(&[&format!("SYSLOG_IDENTIFIER={id}"), "MESSAGE=after"]);
+        if let Some(e) = entries.first() {
+            assert_eq!(e.get("CLIENT_CONNECTION"), "1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", manager.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
