@@ -19,7 +19,7 @@ use crate::ratelimit::{Admission, Key};
 use crate::server::state::Context;
 
 use super::encode::{LineState, encode};
-use super::handover::{ConnectionRecord, Resume, Store};
+use super::handover::{ConnectionRecord, Registration, Resume};
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.
@@ -113,22 +113,6 @@ fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
     }
 }
 
-/// Keeps a connection counted in the fd store's view ([`Store`]) while it lives: dropped
-/// before the socket closes, it takes the connection out of the store (unless handed over).
-struct Registration<'a> {
-    store: Option<&'a Store>,
-    id: u64,
-    handed_over: bool,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        if let Some(store) = self.store {
-            store.unregister(self.id, self.handed_over);
-        }
-    }
-}
-
 /// Serves one client until it closes, or until shutdown and its drain deadline — or, with an
 /// fd store, until shutdown, when it is handed over to the next instance. `resume` is what the
 /// previous instance handed over, for a connection carried across a restart.
@@ -162,14 +146,7 @@ pub async fn serve(
         None => (Framer::new(max_line), LineState::new(&settings), false),
     };
     // Declared after `stream` (a parameter): dropped before it, so the store lets go first.
-    let mut registration = Registration {
-        store: ctx.store.as_deref(),
-        id,
-        handed_over: false,
-    };
-    if let Some(store) = registration.store {
-        store.register(id, stream.as_fd(), stored);
-    }
+    let registration = Registration::new(ctx.store.as_deref(), id, stream.as_fd(), stored);
     let mut conn = Connection {
         framer,
         line,
@@ -216,7 +193,7 @@ pub async fn serve(
                 }
             }
             () = ctx.shutdown.cancelled(), if drain_until.is_none() => {
-                if ctx.store.is_some() {
+                if registration.is_active() {
                     // Everything read is with the sink already: hand over what is left.
                     break;
                 }
@@ -323,15 +300,12 @@ pub async fn serve(
         attributed,
         fields: fields.len(),
     };
-    if let Some(store) = registration.store {
-        registration.handed_over = true;
-        let resume = Resume {
-            record,
-            pending,
-            fields,
-        };
-        store.hand_over(stream, resume);
-    }
+    let resume = Resume {
+        record,
+        pending,
+        fields,
+    };
+    registration.hand_over(stream, resume);
 }
 
 /// How often a rate-limited connection, not being read, is checked for a hang-up.

@@ -132,6 +132,50 @@ pub fn pick_up(state: Option<OwnedFd>, store: Option<&FdStore>) -> (u64, HashMap
     }
 }
 
+/// Keeps a connection counted in the store's view while it lives: dropped before the socket
+/// closes, it takes the connection out of the store (unless handed over). Without a store it
+/// does nothing.
+pub struct Registration<'a> {
+    store: Option<&'a Store>,
+    id: u64,
+    handed_over: bool,
+}
+
+impl<'a> Registration<'a> {
+    /// Counts connection `id` (socket `fd`) in; `stored` when it came from the store.
+    pub fn new(store: Option<&'a Store>, id: u64, fd: BorrowedFd<'_>, stored: bool) -> Self {
+        if let Some(store) = store {
+            store.register(id, fd, stored);
+        }
+        Registration {
+            store,
+            id,
+            handed_over: false,
+        }
+    }
+
+    /// True when the connection is handed over at shutdown rather than drained.
+    pub fn is_active(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Gives the connection up for the next instance (at shutdown).
+    pub fn hand_over(mut self, stream: Stream, resume: Resume) {
+        if let Some(store) = self.store {
+            store.hand_over(stream, resume);
+            self.handed_over = true;
+        }
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(store) = self.store {
+            store.unregister(self.id, self.handed_over);
+        }
+    }
+}
+
 /// A live connection, as the store sees it.
 #[derive(Debug)]
 struct Live {
@@ -172,8 +216,7 @@ impl Store {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts connection `id` (socket `fd`) in; `stored` when it came from the store.
-    pub fn register(&self, id: u64, fd: BorrowedFd<'_>, stored: bool) {
+    fn register(&self, id: u64, fd: BorrowedFd<'_>, stored: bool) {
         use std::os::fd::AsRawFd;
         self.live().insert(
             id,
@@ -186,7 +229,7 @@ impl Store {
     }
 
     /// Connection `id` ends (its socket is still open): out of the store, unless `handed_over`.
-    pub fn unregister(&self, id: u64, handed_over: bool) {
+    fn unregister(&self, id: u64, handed_over: bool) {
         let was = self.live().remove(&id);
         let committed = self.committed.load(std::sync::atomic::Ordering::Relaxed);
         if was.is_some_and(|l| l.stored) && !handed_over && !committed {
@@ -238,7 +281,7 @@ impl Store {
     }
 
     /// A connection gives itself up at the handover (while still registered).
-    pub fn hand_over(&self, stream: Stream, resume: Resume) {
+    fn hand_over(&self, stream: Stream, resume: Resume) {
         let stored = self.live().get(&resume.record.id).is_some_and(|l| l.stored);
         self.handed
             .lock()

@@ -9,6 +9,7 @@ mod clients;
 mod config;
 mod fdstore_harness;
 mod handover;
+mod handover_crash;
 mod hostile;
 mod json;
 mod leftovers;
