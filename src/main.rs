@@ -144,6 +144,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
     let notifier = unsafe { Notifier::from_env() };
     // SAFETY: as above.
     let watchdog = unsafe { notify::take_watchdog() };
+    // SAFETY: as above.
+    let fd_store = unsafe { app::systemd::fdstore::FdStore::from_env(&notifier) };
     let result = (|| {
         let settings = inputs.load()?;
         // SAFETY: as above: still single-threaded, `logging::init` comes next.
@@ -167,7 +169,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let (settings, log, listeners) = match result {
+    let (settings, log, (listeners, from_store)) = match result {
         Ok(parts) => parts,
         Err(e) => {
             // No READY=1: systemd sees the start fail, with the reason in `systemctl status`.
@@ -200,6 +202,8 @@ fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<()> {
             watchdog,
             log: Some(log),
             reload_status,
+            fd_store,
+            from_store,
         };
         server::run(listeners, settings, control).await?;
         anyhow::Ok(())

@@ -126,6 +126,8 @@ pub struct Encoder {
     target: Target,
     /// `CLIENT_*` (and `SOCKET=`) fields in native format, or the stdout line's client part.
     client: Vec<u8>,
+    /// Where in `client` the fields added after connect ([`Encoder::add_fields`]) begin.
+    base: u32,
 }
 
 impl Encoder {
@@ -167,7 +169,12 @@ impl Encoder {
         }
         // Kept for the life of the connection: no spare capacity.
         client.shrink_to_fit();
-        Encoder { target, client }
+        let base = client.len() as u32;
+        Encoder {
+            target,
+            client,
+            base,
+        }
     }
 
     /// Where the entries go.
@@ -182,6 +189,22 @@ impl Encoder {
             for (name, value) in fields {
                 push_field(&mut self.client, name, value);
             }
+            self.client.shrink_to_fit();
+        }
+    }
+
+    /// The fields added with [`Encoder::add_fields`], in native format: what a connection
+    /// handed to the next process takes along (`add_encoded` there).
+    pub fn added_fields(&self) -> &[u8] {
+        &self.client[self.base as usize..]
+    }
+
+    /// Adds fields [`Encoder::added_fields`] gave, as they are. Ignored unless they are whole
+    /// native-format fields (`NAME=value\n`, or the length-prefixed form), so that a damaged
+    /// record cannot break the entries.
+    pub fn add_encoded(&mut self, fields: &[u8]) {
+        if self.target == Target::Journal && native_fields_are_whole(fields) {
+            self.client.extend_from_slice(fields);
             self.client.shrink_to_fit();
         }
     }
@@ -332,6 +355,42 @@ pub fn parse_native(mut data: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
         data = rest;
     }
     Ok(fields)
+}
+
+/// True if `data` is a run of whole native-format fields with valid names.
+fn native_fields_are_whole(mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        let Some(end) = data.iter().position(|&b| b == b'=' || b == b'\n') else {
+            return false;
+        };
+        let name = &data[..end];
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && !name[0].is_ascii_digit()
+            && name
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_');
+        if !valid {
+            return false;
+        }
+        if data[end] == b'=' {
+            let Some(nl) = data[end..].iter().position(|&b| b == b'\n') else {
+                return false;
+            };
+            data = &data[end + nl + 1..];
+        } else {
+            let rest = &data[end + 1..];
+            if rest.len() < 8 {
+                return false;
+            }
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            if rest.len() - 8 < len + 1 || rest[8 + len] != b'\n' {
+                return false;
+            }
+            data = &rest[8 + len + 1..];
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -68,6 +68,19 @@ pub struct Framer {
     syslog_client: bool,
 }
 
+/// Where a [`Framer`] stands between two reads, less the bytes it holds: what a new process
+/// needs, with those bytes, to go on cutting the same stream exactly where this one stopped
+/// (a restart that hands the connection over, DESIGN §4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FramerState {
+    pub continuing: bool,
+    pub frame_left: Option<usize>,
+    pub header_stash: bool,
+    pub record: bool,
+    pub after_record: bool,
+    pub syslog_client: bool,
+}
+
 /// What the start of a message says about RFC 6587 octet counting.
 #[derive(Debug, PartialEq, Eq)]
 enum Octets {
@@ -114,6 +127,35 @@ impl Framer {
             record: false,
             after_record: false,
             syslog_client: false,
+        }
+    }
+
+    /// Takes the framer apart for a handover: its state and the bytes of the line it holds
+    /// (read after the last complete message).
+    pub fn into_parts(self) -> (FramerState, Vec<u8>) {
+        let state = FramerState {
+            continuing: self.continuing,
+            frame_left: self.frame_left,
+            header_stash: self.header_stash,
+            record: self.record,
+            after_record: self.after_record,
+            syslog_client: self.syslog_client,
+        };
+        (state, self.pending)
+    }
+
+    /// A framer that goes on from [`Framer::into_parts`] of another one. Pending bytes beyond
+    /// `max_line` (a lowered limit) are cut at the next `feed`, as after a reload.
+    pub fn from_parts(max_line: usize, state: FramerState, pending: Vec<u8>) -> Self {
+        Framer {
+            pending,
+            max_line: max_line.max(1),
+            continuing: state.continuing,
+            frame_left: state.frame_left,
+            header_stash: state.header_stash,
+            record: state.record,
+            after_record: state.after_record,
+            syslog_client: state.syslog_client,
         }
     }
 

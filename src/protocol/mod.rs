@@ -11,5 +11,5 @@ mod prefix;
 pub mod syslog;
 
 pub use datagram::datagram_pieces;
-pub use framer::{Framer, LineBreak, Message};
+pub use framer::{Framer, FramerState, LineBreak, Message};
 pub use prefix::{Prefix, parse_prefix};

@@ -10,6 +10,7 @@ use futures_util::FutureExt;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Stream};
+use super::handover::Resume;
 use super::state::Context;
 use super::supervisor::Heartbeat;
 use crate::peer::Peer;
@@ -130,6 +131,16 @@ impl Accept {
         }
     }
 
+    /// Serves a connection carried over from the previous instance, under its number, going
+    /// on from where that instance stopped (`resume`; `None` after a crash).
+    pub(super) fn resume(&self, stream: Stream, peer: Peer, id: u64, resume: Option<Box<Resume>>) {
+        let key = Key::of(&peer);
+        self.ctx.stats.rejoin(key);
+        self.ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("connection {id} from {peer}: carried over");
+        self.spawn(stream, peer, id, key, resume, true);
+    }
+
     pub(super) fn start(&self, stream: Stream, peer: Peer) {
         let stats = &self.ctx.stats;
         let key = Key::of(&peer);
@@ -151,6 +162,18 @@ impl Accept {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("connection {id} from {peer}");
+        self.spawn(stream, peer, id, key, None, false);
+    }
+
+    fn spawn(
+        &self,
+        stream: Stream,
+        peer: Peer,
+        id: u64,
+        key: Key,
+        resume: Option<Box<Resume>>,
+        stored: bool,
+    ) {
         let who = peer.clone();
         // A combinator, not an async block: an async block that awaits a future it captured
         // stores that future twice, and this one is most of what a connection costs.
@@ -160,6 +183,8 @@ impl Accept {
             id,
             self.socket_name.clone(),
             self.ctx.clone(),
+            resume,
+            stored,
         ));
         let stats = self.ctx.stats.clone();
         self.tracker.spawn(serve.map(move |served| {

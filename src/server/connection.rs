@@ -1,6 +1,7 @@
 //! One client's life: read, cut into messages, encode, hand to the sink; drain on shutdown.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::ratelimit::{Admission, Key};
 use crate::server::state::Context;
 
 use super::encode::{LineState, encode};
+use super::handover::{ConnectionRecord, Registration, Resume};
 
 /// Bytes read per `read` call. The buffer exists only while data flows, so an idle connection
 /// costs no read memory.
@@ -32,6 +34,15 @@ pub const TURN_BYTES: usize = READ_SIZE + journal::BATCH_BYTES + 64 * 1024;
 pub enum Stream {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
 }
 
 impl Stream {
@@ -53,11 +64,7 @@ impl Stream {
     /// without reading, of a connection that is not being read.
     fn hung_up(&self) -> bool {
         use rustix::event::{PollFd, PollFlags, poll};
-        use std::os::fd::AsFd;
-        let fd = match self {
-            Stream::Unix(s) => s.as_fd(),
-            Stream::Tcp(s) => s.as_fd(),
-        };
+        let fd = self.as_fd();
         let mut fds = [PollFd::new(&fd, PollFlags::RDHUP)];
         let now = rustix::event::Timespec {
             tv_sec: 0,
@@ -67,6 +74,19 @@ impl Stream {
             && fds[0]
                 .revents()
                 .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+    }
+
+    /// The address the client connected to (a listener's path, `ip:port`), as
+    /// [`crate::listener::Socket::address`] names a listener.
+    pub fn local_address(&self) -> Option<String> {
+        match self {
+            Stream::Unix(s) => s
+                .local_addr()
+                .ok()?
+                .as_pathname()
+                .map(|p| p.display().to_string()),
+            Stream::Tcp(s) => s.local_addr().ok().map(|a| a.to_string()),
+        }
     }
 
     /// Best-effort, never-blocking write of a short notice: a client that does not read must not
@@ -93,15 +113,43 @@ fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
     }
 }
 
-/// Serves one client until it closes, or until shutdown and its drain deadline.
-pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>, ctx: Context) {
+/// Serves one client until it closes, or until shutdown and its drain deadline — or, with an
+/// fd store, until shutdown, when it is handed over to the next instance. `resume` is what the
+/// previous instance handed over, for a connection carried across a restart.
+pub async fn serve(
+    stream: Stream,
+    peer: Peer,
+    id: u64,
+    socket: Option<Arc<str>>,
+    ctx: Context,
+    resume: Option<Box<Resume>>,
+    stored: bool,
+) {
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
-    let encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
-    let mut attributed = false;
+    let mut encoder = Encoder::new(ctx.sink.target(), &peer, id, socket.as_deref());
+    let max_line = settings.limits.max_line_bytes.get();
+    // Boxed, and taken apart before the first await: a connection's future stays small.
+    let (framer, line, mut attributed) = match resume.map(|r| *r) {
+        Some(Resume {
+            record,
+            pending,
+            fields,
+        }) => {
+            encoder.add_encoded(&fields);
+            (
+                Framer::from_parts(max_line, record.framer, pending),
+                LineState::restore(&record.line, &settings),
+                record.attributed,
+            )
+        }
+        None => (Framer::new(max_line), LineState::new(&settings), false),
+    };
+    // Declared after `stream` (a parameter): dropped before it, so the store lets go first.
+    let registration = Registration::new(ctx.store.as_deref(), id, stream.as_fd(), stored);
     let mut conn = Connection {
-        framer: Framer::new(settings.limits.max_line_bytes.get()),
-        line: LineState::new(&settings),
+        framer,
+        line,
         encoder,
         ctx: &ctx,
         stream: &stream,
@@ -145,6 +193,10 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
                 }
             }
             () = ctx.shutdown.cancelled(), if drain_until.is_none() => {
+                if registration.is_active() {
+                    // Everything read is with the sink already: hand over what is left.
+                    break;
+                }
                 drain_until = Some(Instant::now() + drain_time(&settings));
                 continue;
             }
@@ -228,6 +280,32 @@ pub async fn serve(stream: Stream, peer: Peer, id: u64, socket: Option<Arc<str>>
             }
         }
     }
+
+    // Handover (the loop ends only so): the connection goes to the next instance as it stands.
+    let Connection {
+        framer,
+        line,
+        encoder,
+        ..
+    } = conn;
+    let fields = encoder.added_fields().to_vec();
+    drop(encoder);
+    let (framer, pending) = framer.into_parts();
+    let record = ConnectionRecord {
+        id,
+        socket: socket.as_deref().map(str::to_owned),
+        framer,
+        pending: pending.len(),
+        line: line.snapshot(),
+        attributed,
+        fields: fields.len(),
+    };
+    let resume = Resume {
+        record,
+        pending,
+        fields,
+    };
+    registration.hand_over(stream, resume);
 }
 
 /// How often a rate-limited connection, not being read, is checked for a hang-up.

@@ -30,6 +30,52 @@ impl LineState {
     }
 }
 
+/// A [`LineState`] as the next process gets it at a handover: the priority, facility and
+/// syslog header of a line cut into pieces apply to the pieces the next process logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineSnapshot {
+    pub priority: u8,
+    pub facility: Option<u8>,
+    /// identifier, pid, timestamp, msgid, structured data of the line's syslog header.
+    pub header: Option<[Option<Vec<u8>>; 5]>,
+}
+
+impl LineState {
+    pub fn snapshot(&self) -> LineSnapshot {
+        let header = self.has_header.then(|| {
+            let h = self.header.get();
+            [h.identifier, h.pid, h.timestamp, h.msgid, h.structured_data]
+                .map(|part| part.map(<[u8]>::to_vec))
+        });
+        LineSnapshot {
+            priority: self.priority,
+            facility: self.facility,
+            header,
+        }
+    }
+
+    /// The state [`LineState::snapshot`] saved. A priority out of range (a foreign record) is
+    /// the default priority.
+    pub fn restore(snapshot: &LineSnapshot, settings: &Settings) -> Self {
+        let mut line = LineState::new(settings);
+        if snapshot.priority <= 7 {
+            line.priority = snapshot.priority;
+        }
+        line.facility = snapshot.facility.filter(|f| *f <= 23);
+        if let Some([identifier, pid, timestamp, msgid, structured_data]) = &snapshot.header {
+            line.header.set(&syslog::Header {
+                identifier: identifier.as_deref(),
+                pid: pid.as_deref(),
+                timestamp: timestamp.as_deref(),
+                msgid: msgid.as_deref(),
+                structured_data: structured_data.as_deref(),
+            });
+            line.has_header = true;
+        }
+        line
+    }
+}
+
 /// The per-message hot path: the `<N>` prefix, a syslog header if there is one, a JSON object's
 /// fields, the entry. Allocates nothing itself on a whole plain line (`benches/framing.rs`
 /// counts); the first piece of a cut line copies its header into `line` for the pieces after it.

@@ -13,8 +13,12 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::journal::{self, Target};
 use crate::listener::{Listeners, Socket};
+use crate::peer::Peer;
 use crate::ratelimit::RateLimiter;
+use crate::systemd::fdstore::{FdStore, FromStore};
 use accept::{Accept, Incoming};
+use connection::Stream;
+use handover::Store;
 use state::{Context, Stats};
 use supervisor::{Control, Heartbeat, Supervisor, Watchdog};
 
@@ -22,6 +26,7 @@ mod accept;
 pub mod connection;
 mod datagram;
 pub mod encode;
+pub mod handover;
 pub mod reload;
 pub mod state;
 pub mod supervisor;
@@ -33,13 +38,23 @@ pub use accept::{contain, raise_fd_limit};
 ///
 /// The caller owns every trigger: production passes signals and systemd's notify socket in
 /// `control`, tests pass a token they cancel.
-pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> Result<(), Error> {
+pub async fn run(
+    listeners: Listeners,
+    settings: Settings,
+    mut control: Control,
+) -> Result<(), Error> {
     let target = Target::resolve(settings.journal.sink);
     let budget = Budget::new(settings.limits.max_buffered_bytes);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
     let (sink, sink_task) = journal::spawn(target);
     let stats = Arc::new(Stats::default());
     let shutdown = control.shutdown.clone();
+    let single = listeners.is_single_connection();
+    // Accept=yes: one connection per instance, nothing to carry over.
+    let store = match (&control.fd_store, single) {
+        (Some(fdstore), false) => Some(Arc::new(Store::new(fdstore.clone()))),
+        _ => None,
+    };
     let ctx = Context {
         settings: settings_rx,
         sink,
@@ -47,10 +62,10 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         limiter: Arc::new(RateLimiter::default()),
         budget,
         shutdown: shutdown.clone(),
+        store: store.clone(),
     };
 
     let inherited = listeners.inherited();
-    let single = listeners.is_single_connection();
     let Listeners { sockets, bound } = listeners;
     let named = sockets.len() > 1;
     // One socket unit names all its sockets alike (`FileDescriptorName=` is per unit): a name
@@ -62,6 +77,19 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     let mut hearts = Vec::new();
     // Accept loops wake this often to show the watchdog they are alive.
     let beat_every = control.watchdog.map(|w| w / 4);
+
+    let from_store = std::mem::take(&mut control.from_store);
+    // Which listener a carried connection came in on, when no state record says (a crash):
+    // its local address is the listener's.
+    let addresses: Vec<(String, Arc<str>)> = match named {
+        true => sockets
+            .iter()
+            .zip(&names)
+            .map(|(l, name)| (l.socket.address(), Arc::from(name.as_str())))
+            .collect(),
+        false => Vec::new(),
+    };
+    let carried = resume_carried(from_store, &control, &ctx, &tracker, &next_id, &addresses);
 
     for (listener, name) in sockets.into_iter().zip(names) {
         let origin = listener.origin.clone();
@@ -121,7 +149,15 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     }
     accept_loops.close();
     let notifier = control.notifier.clone();
-    notifier.ready_with_status(&stats.summary());
+    if carried > 0 {
+        tracing::info!("{carried} connections carried over from the previous instance");
+        notifier.ready_with_status(&format!(
+            "{}; {carried} connections carried over",
+            stats.summary()
+        ));
+    } else {
+        notifier.ready_with_status(&stats.summary());
+    }
 
     let mut supervisor = Supervisor {
         settings: settings_tx,
@@ -133,6 +169,10 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
         inherited,
         watchdog: Watchdog::new(hearts),
     };
+    let storing = store.clone().map(|store| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { store.keep_storing(shutdown).await })
+    });
     if single {
         // Accept=yes: the one connection is the whole job.
         tracker.close();
@@ -148,13 +188,20 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
     let timeout = ctx.settings.borrow().service.shutdown_timeout;
     shutdown.cancel();
     accept_loops.wait().await;
+    if let Some(storing) = storing {
+        let _ = storing.await;
+    }
     // Not accepting any more: a client connecting from now on is refused, not left hanging.
     drop(bound);
     tracker.close();
-    tracing::debug!(
-        "shutting down: draining {} connections",
-        stats.clients.load(Ordering::Relaxed)
-    );
+    if store.is_some() {
+        tracing::debug!("shutting down: handing the connections over to the fd store");
+    } else {
+        tracing::debug!(
+            "shutting down: draining {} connections",
+            stats.clients.load(Ordering::Relaxed)
+        );
+    }
     // Connections stop reading at their drain deadline; then everything read is written,
     // the pending suppression reports too, for as long as the journal keeps taking entries.
     let counters = ctx.sink.counters().clone();
@@ -173,8 +220,122 @@ pub async fn run(listeners: Listeners, settings: Settings, control: Control) -> 
             counters.pending()
         );
     }
+    if let Some(store) = store {
+        // Every connection has given itself up by now (the tracker is empty) and everything
+        // they read is in the journal: the next instance goes on from here.
+        match store.commit(next_id.load(Ordering::Relaxed)) {
+            Ok(n) => tracing::info!("handed {n} connections over to the fd store"),
+            Err(e) => tracing::error!(
+                "handing the connections over to the fd store failed: {e}; they are closed"
+            ),
+        }
+    }
     tracing::info!("stopped: {}", stats.summary());
     Ok(())
+}
+
+/// Serves the connections the fd store gave back, each going on from the state record when
+/// there is one; takes stale entries out of the store. Returns how many were carried over.
+fn resume_carried(
+    from_store: FromStore,
+    control: &Control,
+    ctx: &Context,
+    tracker: &TaskTracker,
+    next_id: &Arc<AtomicU64>,
+    addresses: &[(String, Arc<str>)],
+) -> usize {
+    if from_store.is_empty() {
+        return 0;
+    }
+    // Removal works whether or not this instance stores anything itself.
+    let remover = control.fd_store.clone().or_else(|| {
+        control
+            .notifier
+            .is_enabled()
+            .then(|| FdStore::new(control.notifier.clone()))
+    });
+    let remove = |name: &str| {
+        if let Some(r) = &remover {
+            r.remove_logged(name);
+        }
+    };
+    for name in &from_store.stale {
+        tracing::warn!("fd store: {name} is of no use here; removed");
+        remove(name);
+    }
+    let (next, mut resumes) = handover::pick_up(from_store.state, remover.as_ref());
+    let mut carried = 0;
+    let mut highest = 0;
+    for (id, fd) in from_store.connections {
+        let name = crate::systemd::fdstore::connection_name(id);
+        let (stream, peer) = match carried_stream(fd) {
+            Ok(parts) => parts,
+            Err(why) => {
+                tracing::warn!("fd store: {name}: {why}; removed");
+                remove(&name);
+                continue;
+            }
+        };
+        let resume = resumes.remove(&id).map(Box::new);
+        let socket_name = match &resume {
+            Some(r) => r.record.socket.as_deref().map(Arc::from),
+            None => {
+                let local = stream.local_address();
+                addresses
+                    .iter()
+                    .find(|(address, _)| Some(address) == local.as_ref())
+                    .map(|(_, name)| name.clone())
+            }
+        };
+        let accept = Accept {
+            ctx: ctx.clone(),
+            tracker: tracker.clone(),
+            next_id: next_id.clone(),
+            socket_name,
+            heartbeat: None,
+        };
+        accept.resume(stream, peer, id, resume);
+        highest = highest.max(id);
+        carried += 1;
+    }
+    // New connections are numbered after the carried ones.
+    next_id.fetch_max(next.max(highest + 1), Ordering::Relaxed);
+    carried
+}
+
+/// A connection from the fd store as a stream to serve, with who is at the other end.
+fn carried_stream(fd: std::os::fd::OwnedFd) -> Result<(Stream, Peer), String> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let ty = sockopt::socket_type(&fd).map_err(|e| format!("not a socket ({e})"))?;
+    let listening = sockopt::socket_acceptconn(&fd).map_err(|e| e.to_string())?;
+    if ty != SocketType::STREAM || listening {
+        return Err("not a connected stream socket".to_owned());
+    }
+    let domain = sockopt::socket_domain(&fd).map_err(|e| e.to_string())?;
+    let registering = |e: std::io::Error| format!("registering with the runtime: {e}");
+    match domain {
+        AddressFamily::UNIX => {
+            let s = std::os::unix::net::UnixStream::from(fd);
+            s.set_nonblocking(true).map_err(registering)?;
+            let s = tokio::net::UnixStream::from_std(s).map_err(registering)?;
+            // SO_PEERCRED of a passed socket is still the client's, as of its connect.
+            let c = s.peer_cred().map_err(|e| format!("SO_PEERCRED: {e}"))?;
+            let peer = Peer::Unix {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            };
+            Ok((Stream::Unix(s), peer))
+        }
+        AddressFamily::INET | AddressFamily::INET6 => {
+            let s = std::net::TcpStream::from(fd);
+            s.set_nonblocking(true).map_err(registering)?;
+            let s = tokio::net::TcpStream::from_std(s).map_err(registering)?;
+            let addr = s.peer_addr().map_err(|e| format!("peer address: {e}"))?;
+            Ok((Stream::Tcp(s), Peer::Tcp(addr)))
+        }
+        other => Err(format!("address family {}", other.as_raw())),
+    }
 }
 
 /// Runs `drain` to its end as long as the sink keeps delivering: it gives up only after

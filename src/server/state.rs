@@ -56,6 +56,14 @@ impl Stats {
         None
     }
 
+    /// Counts in a connection carried over from the previous instance: it was admitted there,
+    /// so no limit refuses it here (a lowered limit refuses newcomers, as on reload).
+    pub(super) fn rejoin(&self, key: Key) {
+        let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        *counts.entry(key).or_insert(0) += 1;
+    }
+
     pub(super) fn leave(&self, key: Key) {
         let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = counts.get_mut(&key) {
@@ -89,4 +97,7 @@ pub struct Context {
     /// `limits.max_buffered_bytes`, shared by every connection.
     pub budget: Arc<Budget>,
     pub shutdown: CancellationToken,
+    /// systemd's fd store, when the unit has one: connections are handed over at shutdown
+    /// instead of drained, and long-lived ones kept there while they live.
+    pub store: Option<Arc<super::handover::Store>>,
 }

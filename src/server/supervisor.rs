@@ -15,6 +15,7 @@ use crate::journal::{self, SinkHandle};
 use crate::logging::LogHandle;
 use crate::ratelimit::RateLimiter;
 use crate::server::state::Stats;
+use crate::systemd::fdstore::{FdStore, FromStore};
 use crate::systemd::notify::Notifier;
 
 use super::reload::{ReloadState, ReloadStatus};
@@ -37,6 +38,11 @@ pub struct Control {
     pub log: Option<LogHandle>,
     /// Where each reload's outcome is written for `app reload` to wait on.
     pub reload_status: Option<ReloadStatus>,
+    /// systemd's fd store, when the unit has one (`$FDSTORE`): connections are handed over
+    /// to it at shutdown instead of drained.
+    pub fd_store: Option<FdStore>,
+    /// What the fd store gave back at start: connections carried over, the state record.
+    pub from_store: FromStore,
 }
 
 impl Control {
@@ -50,6 +56,8 @@ impl Control {
             watchdog: None,
             log: None,
             reload_status: None,
+            fd_store: None,
+            from_store: FromStore::default(),
         }
     }
 }

@@ -14,21 +14,25 @@ use crate::config::SocketSettings;
 use crate::error::Error;
 use crate::listener::{self, Listener, Listeners, Socket};
 
-/// The inherited sockets, or our own socket when systemd passed none.
+use super::fdstore::FromStore;
+
+/// The inherited sockets, or our own socket when systemd passed none; and what the fd store
+/// gave back (connections carried over from the previous instance, its state record).
 ///
 /// # Safety
 /// Mutates the process environment (see [`take_inherited`]): call before any thread exists.
-pub unsafe fn acquire(settings: &SocketSettings) -> Result<Listeners, Error> {
+pub unsafe fn acquire(settings: &SocketSettings) -> Result<(Listeners, FromStore), Error> {
     // SAFETY: forwarded to the caller.
-    let inherited = unsafe { take_inherited() }?;
-    if inherited.is_empty() {
-        listener::bind(settings)
+    let (inherited, stored) = unsafe { take_inherited() }?;
+    let listeners = if inherited.is_empty() {
+        listener::bind(settings)?
     } else {
-        Ok(Listeners {
+        Listeners {
             sockets: inherited,
             bound: Vec::new(),
-        })
-    }
+        }
+    };
+    Ok((listeners, stored))
 }
 
 /// Takes the sockets passed by systemd, if any, and unsets `LISTEN_PID`, `LISTEN_FDS` and
@@ -40,7 +44,7 @@ pub unsafe fn acquire(settings: &SocketSettings) -> Result<Listeners, Error> {
 ///
 /// # Safety
 /// Mutates the process environment: call it before any other thread exists.
-pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
+pub unsafe fn take_inherited() -> Result<(Vec<Listener>, FromStore), Error> {
     if std::env::var_os("LISTEN_PID").is_none() && std::env::var_os("LISTEN_FDS").is_some() {
         // SAFETY: forwarded to the caller.
         return unsafe { take_without_pid() };
@@ -49,13 +53,19 @@ pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(|e| Error::io("reading LISTEN_FDS/LISTEN_FDNAMES", e))?;
     let fds: Vec<(RawFd, String)> = fds.collect();
-    fds.into_iter()
-        .map(|(fd, name)| {
+    let mut stored = FromStore::default();
+    let listeners = fds
+        .into_iter()
+        .filter_map(|(fd, name)| {
             // SAFETY: systemd passed us this fd and nothing else in the process owns it.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            classify(owned, fd, name)
+            // What the fd store gave back is told apart by its name, before any check that
+            // would refuse a connected socket or a memfd as a listener.
+            let owned = stored.take(owned, &name)?;
+            Some(classify(owned, fd, name))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((listeners, stored))
 }
 
 /// `LISTEN_FDS` with no `LISTEN_PID` at all: `systemfd --no-pid` holds the socket while the
@@ -65,13 +75,14 @@ pub unsafe fn take_inherited() -> Result<Vec<Listener>, Error> {
 ///
 /// # Safety
 /// Mutates the process environment: call it before any other thread exists.
-unsafe fn take_without_pid() -> Result<Vec<Listener>, Error> {
+unsafe fn take_without_pid() -> Result<(Vec<Listener>, FromStore), Error> {
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     // SAFETY: forwarded to the caller. (listenfd unsets LISTEN_PID and LISTEN_FDS itself.)
     unsafe { std::env::remove_var("LISTEN_FDNAMES") };
     let mut fds = listenfd::ListenFd::from_env();
     let mut names = names.split(':');
-    (0..fds.len())
+    let mut stored = FromStore::default();
+    let listeners = (0..fds.len())
         .filter_map(|i| fds.take_raw_fd(i).ok().flatten())
         .map(|fd| {
             let name = names.next().unwrap_or_default().to_owned();
@@ -94,9 +105,14 @@ unsafe fn take_without_pid() -> Result<Vec<Listener>, Error> {
                     reason: format!("cannot set FD_CLOEXEC: {e}"),
                 }
             })?;
-            classify(owned, fd, name)
+            match stored.take(owned, &name) {
+                Some(owned) => classify(owned, fd, name).map(Some),
+                None => Ok(None),
+            }
         })
-        .collect()
+        .filter_map(Result::transpose)
+        .collect::<Result<_, _>>()?;
+    Ok((listeners, stored))
 }
 
 /// Decides what an inherited fd is, refusing anything that is not a stream socket or an

@@ -23,6 +23,8 @@ struct Target {
     path: OsString,
     /// An error if it could not be opened at start (then every send says why).
     socket: io::Result<(UnixDatagram, SocketAddr)>,
+    /// The same address for `sendmsg` (fds go with `SCM_RIGHTS`, which `sendto` cannot carry).
+    raw: Option<rustix::net::SocketAddrUnix>,
 }
 
 impl Target {
@@ -38,7 +40,12 @@ impl Target {
             };
             Ok((UnixDatagram::unbound()?, addr))
         })();
-        Target { path, socket }
+        let bytes = path.as_bytes();
+        let raw = match bytes.strip_prefix(b"@") {
+            Some(name) => rustix::net::SocketAddrUnix::new_abstract_name(name).ok(),
+            None => rustix::net::SocketAddrUnix::new(bytes).ok(),
+        };
+        Target { path, socket, raw }
     }
 }
 
@@ -161,6 +168,55 @@ impl Notifier {
             )),
         }
     }
+
+    /// Sends `state` with `fds` attached (`SCM_RIGHTS`), as sd_pid_notify_with_fds(3) does:
+    /// `FDSTORE=1` hands them to the fd store. Blocks while the manager's queue is full, unless
+    /// `wait` is false: then that is `WouldBlock`.
+    pub fn send_with_fds(
+        &self,
+        state: &str,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        wait: bool,
+    ) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        let (socket, addr) = match (&target.socket, &target.raw) {
+            (Ok((socket, _)), Some(addr)) => (socket, addr),
+            (Err(e), _) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", target.path.to_string_lossy()),
+                ));
+            }
+            (Ok(_), None) => {
+                return Err(io::Error::other(format!(
+                    "{}: not a socket address",
+                    target.path.to_string_lossy()
+                )));
+            }
+        };
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("too many fds for one message"));
+        }
+        let iov = [io::IoSlice::new(state.as_bytes())];
+        let flags = if wait {
+            SendFlags::empty()
+        } else {
+            SendFlags::DONTWAIT
+        };
+        loop {
+            match rustix::net::sendmsg_addr(socket, addr, &iov, &mut control, flags) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`, if `WATCHDOG_PID` is unset or
@@ -215,6 +271,42 @@ mod tests {
         );
         assert_eq!(one_line("é ok"), "é ok");
         assert_eq!(one_line(&"é".repeat(2000)).len(), 1024);
+    }
+
+    /// What sd_pid_notify_with_fds(3) sends: the text, and the fds as `SCM_RIGHTS`.
+    #[test]
+    fn sends_fds_with_a_message() {
+        use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        use std::mem::MaybeUninit;
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        Notifier::to_socket(path.as_os_str())
+            .send_with_fds("FDSTORE=1\nFDNAME=x", &[file.as_fd()], true)
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let n = rustix::net::recvmsg(&rx, &mut iov, &mut control, RecvFlags::empty())
+            .unwrap()
+            .bytes;
+        let fds: Vec<_> = control
+            .drain()
+            .flat_map(|m| match m {
+                RecvAncillaryMessage::ScmRights(fds) => fds.collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=x");
+        assert_eq!(fds.len(), 1);
+        let (a, b) = (
+            rustix::fs::fstat(&fds[0]).unwrap(),
+            rustix::fs::fstat(&file).unwrap(),
+        );
+        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino));
     }
 
     #[test]

@@ -86,3 +86,34 @@ fn stdout_lines_show_priority_and_client() {
     );
     assert_eq!(line.matches('\n').count(), 1);
 }
+
+/// Issue 18: the fields a connection takes to the next process come back as they were; a
+/// damaged copy is left out rather than let into entries.
+#[test]
+fn added_fields_carry_over_whole_or_not_at_all() {
+    let peer = Peer::Unix {
+        pid: Some(7),
+        uid: 1,
+        gid: 2,
+    };
+    let mut a = Encoder::new(Target::Journal, &peer, 3, None);
+    let binary: &[u8] = b"a\nb";
+    a.add_fields([
+        (&b"CLIENT_COMM"[..], &b"sh"[..]),
+        (&b"CLIENT_UNIT"[..], binary),
+    ]);
+    let carried = a.added_fields().to_vec();
+    let mut b = Encoder::new(Target::Journal, &peer, 3, None);
+    b.add_encoded(&carried);
+    assert_eq!(b.added_fields(), carried);
+    for damaged in [
+        &carried[..carried.len() - 1],
+        b"lower=x\n",
+        b"NO_END=x",
+        b"X\n\x09\0\0\0\0\0\0\0ab\n",
+    ] {
+        let mut c = Encoder::new(Target::Journal, &peer, 3, None);
+        c.add_encoded(damaged);
+        assert!(c.added_fields().is_empty(), "{damaged:?}");
+    }
+}

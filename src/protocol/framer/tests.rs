@@ -527,3 +527,50 @@ fn a_crlf_record_at_the_limit_makes_a_syslog_client_in_any_chunking() {
         assert_eq!(out.last().unwrap(), &msg(b"\x8a<G", LineBreak::Eof, false));
     }
 }
+
+/// Issue 18: a framer taken apart between two reads (a handover to the next process) and put
+/// together again cuts the stream exactly as one framer would, wherever the cut falls: plain
+/// lines, CRLF, long lines cut at the limit, a timeout piece, NUL-ended syslog records,
+/// octet-counted frames.
+#[test]
+fn a_framer_taken_apart_and_put_together_goes_on_exactly() {
+    let long = "x".repeat(70);
+    let inputs: Vec<Vec<u8>> = vec![
+        format!("a\r\nbb\n{long}\nc\n").into_bytes(),
+        b"<13>Nov 25 19:28:59 host tag: one\0<14>two\n\0three\n".to_vec(),
+        b"29 <13>1 - - - - - - octet\nline\n5 <13>x\n".to_vec(),
+        format!("<3>{long}{long}\nafter\n").into_bytes(),
+    ];
+    // With `timeout`, the client also went quiet at the cut (a `timeout` piece, the line open).
+    let run = |input: &[u8], cut: usize, timeout: bool, apart: bool| {
+        let mut out = Out::new();
+        let mut emit = |m: Message<'_>| {
+            out.push((m.bytes.to_vec(), m.line_break, m.continuation));
+            true
+        };
+        let mut f = Framer::new(32);
+        f.feed(&input[..cut], &mut emit);
+        if timeout {
+            f.flush(LineBreak::Timeout, &mut emit);
+        }
+        if apart {
+            let (state, pending) = f.into_parts();
+            f = Framer::from_parts(32, state, pending);
+        }
+        f.feed(&input[cut..], &mut emit);
+        f.flush(LineBreak::Eof, &mut emit);
+        out
+    };
+    for input in &inputs {
+        for cut in 0..=input.len() {
+            for timeout in [false, true] {
+                assert_eq!(
+                    run(input, cut, timeout, true),
+                    run(input, cut, timeout, false),
+                    "cut at {cut} (timeout: {timeout}) of {:?}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+}

@@ -37,6 +37,7 @@ fn context() -> Context {
         stats: Default::default(),
         limiter: Default::default(),
         shutdown: CancellationToken::new(),
+        store: None,
     }
 }
 
