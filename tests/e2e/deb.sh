@@ -24,6 +24,8 @@ if [ -z "${APP_E2E_INNER:-}" ]; then
     cp "$ROOT"/target/debian/app_*-1_amd64.deb /tmp/app-e2e-v1.deb
     "$ROOT/packaging/build-deb" --deb-revision 2 >/dev/null
     cp "$ROOT"/target/debian/app_*-2_amd64.deb /tmp/app-e2e-v2.deb
+    "$ROOT/packaging/build-deb" --deb-revision 3 >/dev/null
+    cp "$ROOT"/target/debian/app_*-3_amd64.deb /tmp/app-e2e-v3.deb
     . "$ROOT/tests/e2e/lib.sh"
     rootfs "$CACHE/rootfs" systemd,systemd-sysv,dbus,socat
     exec env APP_E2E_INNER=1 timeout 900 \
@@ -42,7 +44,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/upper" "$WORK/work" "$WORK/merged"
 mount -t overlay overlay \
     -o "lowerdir=$CACHE/rootfs,upperdir=$WORK/upper,workdir=$WORK/work" "$WORK/merged"
-cp /tmp/app-e2e-v1.deb /tmp/app-e2e-v2.deb "$WORK/merged/root/"
+cp /tmp/app-e2e-v1.deb /tmp/app-e2e-v2.deb /tmp/app-e2e-v3.deb "$WORK/merged/root/"
 # journald's own rate limit turned down, so that only the unit's LogRateLimit* settings can
 # explain 20,000 lines getting through (journald scales its burst with free disk space).
 mkdir -p "$WORK/merged/etc/systemd/journald.conf.d"
@@ -242,6 +244,7 @@ step6() {
     [ "$(c systemctl is-active app.service)" = active ] || return 1
     local main
     main=$(c systemctl show -p MainPID --value app.service)
+    before=$main
     csh "kill -9 $main" || return 1  # the shell's kill: no procps here
     sleep 1
     csh 'echo after-kill | socat - UNIX-CONNECT:/run/app.sock' || return 1
@@ -378,6 +381,108 @@ step9() {
     c systemctl daemon-reload && c systemctl restart app.service
 }
 check "9. CLIENT_UNIT=demo.service for a systemd-run client of another user; with attribute-to-units.conf (root, no capabilities) journalctl -u demo.service lists its line, and -u app.service still does; systemctl reload works under it; a shell under it reaches neither PID 1 (systemd-run) nor the system bus" step9
+
+# 10. connections carried across restarts, an upgrade and a crash (issue 18): 20 clients, each a
+# transient unit streaming numbered lines through one socat connection for the whole step.
+carry_clients_active() {
+    local k n=0
+    for k in "$@"; do
+        [ "$(c systemctl is-active "carry$k.service" || true)" = active ] && n=$((n + 1))
+    done
+    echo "$n"
+}
+carry_start() {
+    # IgnoreSIGPIPE=no: when socat ends (the connection closed under it), the writer dies of
+    # SIGPIPE at its next line, so the unit is active exactly as long as its connection lives.
+    c systemd-run --unit="carry$1" -q -p IgnoreSIGPIPE=no sh -c \
+        "i=0; while :; do i=\$((i + 1)); echo \"carry c$1 l\$i\"; sleep 0.1; done | socat -u - UNIX-CONNECT:/run/app.sock"
+}
+# Every entry of a carryK unit must be "carry cK lN": N from 1 up, each once, in order, all with
+# one CLIENT_CONNECTION. Prints the figures; fails on a duplicate, a fragment, disorder, a second
+# connection number, or a gap.
+carry_verify() {
+    csh "journalctl -u app.service -o json --no-pager --output-fields=MESSAGE,CLIENT_UNIT,CLIENT_CONNECTION" |
+        python3 -c '
+import json, re, sys
+clients = {}
+for raw in sys.stdin:
+    e = json.loads(raw)
+    unit = e.get("CLIENT_UNIT") or ""
+    m = re.fullmatch(r"carry(\d+)\.service", unit if isinstance(unit, str) else "")
+    if not m:
+        continue
+    c = clients.setdefault(m.group(1), {"seen": [], "bad": 0, "conn": set()})
+    c["conn"].add(str(e.get("CLIENT_CONNECTION")))
+    msg = e.get("MESSAGE")
+    mm = re.fullmatch(r"carry c(\d+) l(\d+)", msg) if isinstance(msg, str) else None
+    if not mm or mm.group(1) != m.group(1):
+        c["bad"] += 1
+        continue
+    c["seen"].append(int(mm.group(2)))
+lines = dup = bad = disorder = gaps = conns = 0
+for c in clients.values():
+    s = c["seen"]
+    lines += len(s); bad += c["bad"]; dup += len(s) - len(set(s))
+    disorder += sum(1 for a, b in zip(s, s[1:]) if b <= a)
+    gaps += (max(s) - len(set(s))) if s else 0
+    conns += len(c["conn"]) - 1
+print(f"   {len(clients)} clients: {lines} lines, {dup} duplicated, {bad} broken, {disorder} out of order, {gaps} missing, {conns} extra CLIENT_CONNECTION values")
+sys.exit(0 if len(clients) == int(sys.argv[1]) and lines > 0 and dup == bad == disorder == gaps == conns == 0 else 1)
+' "$1"
+}
+# carried_over N: a new app.service process (not $before) that says it took N connections over.
+carried_over() {
+    local pid
+    pid=$(c systemctl show -p MainPID --value app.service)
+    [ "$pid" != "$before" ] && [ "$pid" != 0 ] || return 1
+    await "journalctl _PID=$pid -o cat | grep -qx '$1 connections carried over from the previous instance'"
+}
+step10() {
+    [ "$(c systemctl show -p FileDescriptorStoreMax --value app.service)" -ge 4096 ] || return 1
+    local k clients=() main before
+    for k in $(seq 20); do carry_start "$k" || return 1; clients+=("$k"); done
+    sleep 2
+    for k in 1 2 3; do
+        before=$(c systemctl show -p MainPID --value app.service)
+        c systemctl restart app.service || return 1
+        sleep 1
+        carried_over 20 || return 1
+        echo "   restart $k: $(c systemctl show -p StatusText --value app.service)"
+    done
+    before=$(c systemctl show -p MainPID --value app.service)
+    c dpkg -i /root/app-e2e-v3.deb >"$WORK/dpkg3.log" 2>&1 || { cat "$WORK/dpkg3.log"; return 1; }
+    [ "$(c dpkg-query -W -f '${Version}' app)" = 0.1.0-3 ] || return 1
+    sleep 1
+    carried_over 20 || return 1
+    echo "   upgraded to 0.1.0-3: $(c systemctl show -p StatusText --value app.service)"
+    # A client that was never handed over: it is in the store only because it lives.
+    carry_start 21 || return 1
+    clients+=(21)
+    sleep 3
+    echo "   before kill -9: $(carry_clients_active "${clients[@]}") of ${#clients[@]} clients connected"
+    # The writers paused and everything they wrote read and logged, kill -9 should lose nothing.
+    for k in "${clients[@]}"; do c systemctl kill -s STOP "carry$k.service" || return 1; done
+    sleep 1
+    main=$(c systemctl show -p MainPID --value app.service)
+    before=$main
+    csh "kill -9 $main" || return 1
+    await "[ \"\$(systemctl show -p MainPID --value app.service)\" != $main ] && [ \"\$(systemctl show -p MainPID --value app.service)\" != 0 ]" || return 1
+    for k in "${clients[@]}"; do c systemctl kill -s CONT "carry$k.service" || return 1; done
+    carried_over 21 || return 1
+    echo "   after kill -9 (pid $main): $(c systemctl show -p StatusText --value app.service), NRestarts=$(c systemctl show -p NRestarts --value app.service)"
+    sleep 3
+    local alive
+    alive=$(carry_clients_active "${clients[@]}")
+    echo "   at the end: $alive of ${#clients[@]} clients still connected and writing"
+    [ "$alive" = "${#clients[@]}" ] || return 1
+    c systemctl stop app.service || return 1
+    await "[ \$(for k in ${clients[*]}; do systemctl is-active carry\$k.service; done | grep -cx active) = 0 ]" || {
+        echo "   after systemctl stop app.service: $(carry_clients_active "${clients[@]}") clients still connected"
+        return 1
+    }
+    carry_verify "${#clients[@]}"
+}
+check "10. 20 streaming socat clients across 3 restarts, an upgrade and a kill -9 (plus one that connected after the upgrade): none disconnected, every line once, whole, in order, one CLIENT_CONNECTION each; systemctl stop app.service then closes them" step10
 
 step7b() {
     c apt-get remove -y app >/dev/null 2>&1 || return 1
