@@ -7,14 +7,23 @@
 //!
 //! It needs root: it re-executes itself in private mount, pid and network namespaces with a
 //! tmpfs `/run`, `net.unix.max_dgram_qlen = 512` (systemd's value), and a standalone journald with
-//! rate limiting off, started afresh for every run. The contenders, fed by the same client
-//! threads with the same lines:
+//! rate limiting off, started afresh for every run; the bench process (and so its clients) runs
+//! in a cgroup of its own that app attributes to the unit `init.scope` ([`BenchCgroup`]). The
+//! contenders, fed by the same client threads with the same lines:
 //!
-//! - **app**: the release daemon on its own socket, per-client rate limit off, full field set;
+//! - **app**: the release daemon on its own socket, per-client rate limit off, full field set
+//!   (the client's unit and command included, `journal.attribution = "auto"`);
+//! - **app, attribution off**: the same with `journal.attribution = "off"` (issue 16);
 //! - **(a) stream**: journald's own stdout stream socket, as `systemd-cat` uses it;
 //! - **(b) native**: a minimal relay (this binary, re-executed) that reads the lines and sends one
 //!   bare `MESSAGE=`/`PRIORITY=` datagram each through one socket: the ceiling for any daemon
-//!   that logs entries one by one.
+//!   that logs entries one by one;
+//! - **(c) native, app's fields**: the same relay sending the fields app sends (see [`relay`]);
+//!   the benchmark fails unless an entry of (c) has the same field names as one of app's.
+//!
+//! Scenarios: plain lines (1 client × 100 B, 32 clients × 100 B, 8 clients × 4 KiB) and
+//! pino-like JSON objects (1 client, 8 keys, one nested; issue 17), which app and (c) turn into
+//! fields and (a) and (b) log as text.
 //!
 //! Throughput is end to end: from the first write until journald's `__REALTIME_TIMESTAMP` of the
 //! last entry. Every run reads the journal back and fails the benchmark unless every line arrived
@@ -212,12 +221,14 @@ struct Outcome {
     fields: Vec<String>,
 }
 
-/// `--quick`: one round, a tenth of the lines. `--only app|stream|native` and `--scenario N`
-/// (1-based) narrow the run down, for profiling one contender.
+/// `--quick`: one round, a tenth of the lines. `--only app|app-unattributed|stream|native|
+/// native-full` (repeatable) and `--scenario N` (1-based) narrow the run down, for profiling one
+/// contender; `--rounds N` for more rounds than three.
 #[derive(Debug, Default)]
 struct Options {
     quick: bool,
-    only: Option<Target>,
+    only: Vec<Target>,
+    rounds: Option<usize>,
     scenario: Option<usize>,
 }
 
@@ -228,17 +239,19 @@ impl Options {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => o.quick = true,
-                "--only" => {
-                    o.only = Some(match args.next().map(String::as_str) {
-                        Some("app") => Target::App,
-                        Some("app-unattributed") => Target::AppUnattributed,
-                        Some("stream") => Target::Stream,
-                        Some("native") => Target::Native,
-                        Some("native-full") => Target::NativeFull,
-                        other => panic!(
-                            "--only app|app-unattributed|stream|native|native-full, not {other:?}"
-                        ),
-                    })
+                "--only" => o.only.push(match args.next().map(String::as_str) {
+                    Some("app") => Target::App,
+                    Some("app-unattributed") => Target::AppUnattributed,
+                    Some("stream") => Target::Stream,
+                    Some("native") => Target::Native,
+                    Some("native-full") => Target::NativeFull,
+                    other => panic!(
+                        "--only app|app-unattributed|stream|native|native-full, not {other:?}"
+                    ),
+                }),
+                "--rounds" => {
+                    o.rounds = args.next().and_then(|n| n.parse().ok());
+                    assert!(o.rounds.is_some(), "--rounds N");
                 }
                 "--scenario" => {
                     o.scenario = args.next().and_then(|n| n.parse().ok());
@@ -246,7 +259,10 @@ impl Options {
                 }
                 "--bench" => {} // what cargo bench passes
                 other => {
-                    eprintln!("unknown argument {other:?}: --quick, --only TARGET, --scenario N");
+                    eprintln!(
+                        "unknown argument {other:?}: --quick, --only TARGET, --scenario N, \
+                         --rounds N"
+                    );
                     std::process::exit(2);
                 }
             }
@@ -263,7 +279,7 @@ fn bench(options: &Options) {
         .unwrap_or_else(|e| panic!("moving the bench into {cgroup}: {e}"));
     setup_namespace();
     let scale = if quick { 10 } else { 1 };
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = options.rounds.unwrap_or(if quick { 1 } else { 3 });
     let scenarios = [
         Scenario {
             clients: 1,
@@ -309,7 +325,7 @@ fn bench(options: &Options) {
             }
             for k in 0..Target::ALL.len() {
                 let target = Target::ALL[(k + round + i) % Target::ALL.len()];
-                if options.only.is_some_and(|t| t != target) {
+                if !options.only.is_empty() && !options.only.contains(&target) {
                     continue;
                 }
                 let outcome = run(target, scenario);
@@ -364,6 +380,31 @@ fn bench(options: &Options) {
             cpu(Target::Native),
             cpu(Target::NativeFull),
             m(Target::App, &|o| o.server_peak_rss_kib.map(|k| k as f64)) / 1024.0,
+        );
+    }
+    println!();
+    // On a shared machine the load moves between rounds: a ratio of two runs of the same round
+    // (minutes apart at most) says more than a ratio of medians taken over all of them.
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let paired = |a: Target, b: Target| {
+            let rates = |t| results.get(&(i, t)).map_or(vec![], |r| r.to_vec());
+            let ratios: Vec<String> = rates(a)
+                .iter()
+                .zip(&rates(b))
+                .map(|(a, b)| format!("{:.2}", a.msgs_per_s / b.msgs_per_s))
+                .collect();
+            ratios.join(" / ")
+        };
+        println!(
+            "{}, round by round: app ÷ (c) {}; app on ÷ off {}; journald busy with app {}",
+            scenario.name(),
+            paired(Target::App, Target::NativeFull),
+            paired(Target::App, Target::AppUnattributed),
+            results.get(&(i, Target::App)).map_or(String::new(), |r| r
+                .iter()
+                .map(|o| format!("{:.0} %", o.msgs_per_s * o.journald_us_per_msg / 1e4))
+                .collect::<Vec<_>>()
+                .join(" / ")),
         );
     }
     println!();
