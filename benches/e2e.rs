@@ -410,7 +410,8 @@ fn bench(options: &Options) {
         );
     }
     println!();
-    idle(if quick { 500 } else { 5000 });
+    idle(if quick { 500 } else { 5000 }, "app");
+    idle(if quick { 500 } else { 5000 }, "app-unattributed");
     startup(if quick { 5 } else { 20 });
 }
 
@@ -921,11 +922,13 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
 }
 
-/// `n` clients connect and send one line each, then stay: memory per idle connection.
-fn idle(n: usize) {
+/// `n` clients connect and send one line each, then stay: memory per idle connection, for app
+/// with `{WORK}/{config}.toml` (run with attribution on and off: a connection keeps its unit and
+/// command as encoded fields for its life).
+fn idle(n: usize, config: &str) {
     let journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/idle.sock"));
-    let (app, _) = start_app(&socket, "app");
+    let (app, _) = start_app(&socket, config);
     std::thread::sleep(Duration::from_millis(300));
     let before = (
         status_kib(app.pid(), "VmRSS"),
@@ -959,7 +962,7 @@ fn idle(n: usize) {
     let journald_after = status_kib(journald.pid(), "RssAnon");
     let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 * 1024.0 / n as f64;
     println!(
-        "idle: {n} connected clients that each sent one line: app RSS {:.1} → {:.1} MiB, \
+        "idle ({config}): {n} connected clients that each sent one line: app RSS {:.1} → {:.1} MiB, \
          {:.0} bytes per connection ({:.0} anonymous); journald's own stdout streams: {:.0} \
          anonymous bytes per stream",
         before.0 as f64 / 1024.0,
