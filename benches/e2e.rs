@@ -396,17 +396,24 @@ fn bench(options: &Options) {
                 .collect();
             ratios.join(" / ")
         };
+        // About 1.0 or more: journald was the bottleneck; less: it waited for entries, or
+        // for a core.
+        let busy = |t: Target| {
+            let runs = results.get(&(i, t)).map_or(&[][..], Vec::as_slice);
+            let busy: Vec<String> = runs
+                .iter()
+                .map(|o| format!("{:.2}", o.msgs_per_s * o.journald_us_per_msg / 1e6))
+                .collect();
+            busy.join(" / ")
+        };
         println!(
             "{}, round by round: app ÷ (c) {}; app on ÷ off {}; journald's CPU seconds per \
-             second of app's run {}",
+             second of the run, app: {}, (c): {}",
             scenario.name(),
             paired(Target::App, Target::NativeFull),
             paired(Target::App, Target::AppUnattributed),
-            results.get(&(i, Target::App)).map_or(String::new(), |r| r
-                .iter()
-                .map(|o| format!("{:.2}", o.msgs_per_s * o.journald_us_per_msg / 1e6))
-                .collect::<Vec<_>>()
-                .join(" / ")),
+            busy(Target::App),
+            busy(Target::NativeFull),
         );
     }
     println!();
