@@ -7,14 +7,23 @@
 //!
 //! It needs root: it re-executes itself in private mount, pid and network namespaces with a
 //! tmpfs `/run`, `net.unix.max_dgram_qlen = 512` (systemd's value), and a standalone journald with
-//! rate limiting off, started afresh for every run. The contenders, fed by the same client
-//! threads with the same lines:
+//! rate limiting off, started afresh for every run; the bench process (and so its clients) runs
+//! in a cgroup of its own that app attributes to the unit `init.scope` ([`BenchCgroup`]). The
+//! contenders, fed by the same client threads with the same lines:
 //!
-//! - **app**: the release daemon on its own socket, per-client rate limit off, full field set;
+//! - **app**: the release daemon on its own socket, per-client rate limit off, full field set
+//!   (the client's unit and command included, `journal.attribution = "auto"`);
+//! - **app, attribution off**: the same with `journal.attribution = "off"` (issue 16);
 //! - **(a) stream**: journald's own stdout stream socket, as `systemd-cat` uses it;
 //! - **(b) native**: a minimal relay (this binary, re-executed) that reads the lines and sends one
 //!   bare `MESSAGE=`/`PRIORITY=` datagram each through one socket: the ceiling for any daemon
-//!   that logs entries one by one.
+//!   that logs entries one by one;
+//! - **(c) native, app's fields**: the same relay sending the fields app sends (see [`relay`]);
+//!   the benchmark fails unless an entry of (c) has the same field names as one of app's.
+//!
+//! Scenarios: plain lines (1 client × 100 B, 32 clients × 100 B, 8 clients × 4 KiB) and
+//! pino-like JSON objects (1 client, 8 keys, one nested; issue 17), which app and (c) turn into
+//! fields and (a) and (b) log as text.
 //!
 //! Throughput is end to end: from the first write until journald's `__REALTIME_TIMESTAMP` of the
 //! last entry. Every run reads the journal back and fails the benchmark unless every line arrived
@@ -22,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +40,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which part of the benchmark this process plays.
 const ROLE: &str = "E2E_BENCH_ROLE";
+/// The cgroup the bench runs in (`BenchCgroup`).
+const CGROUP: &str = "E2E_BENCH_CGROUP";
 const WORK: &str = "/run/bench";
 const JOURNAL_DIR: &str = "/run/log/journal";
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -52,20 +64,68 @@ fn enter_namespaces(args: &[String]) {
         );
         std::process::exit(1);
     }
+    let cgroup = BenchCgroup::create();
     let status = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--net", "--pid"])
         .args(["--fork", "--kill-child", "--mount-proc", "--"])
         .arg(std::env::current_exe().unwrap())
         .args(args)
         .env(ROLE, "bench")
+        .env(CGROUP, &cgroup.scope)
         .status()
         .expect("running unshare (util-linux)");
+    drop(cgroup);
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Where the bench process (PID 1 of its namespace, and the clients' process) runs:
+/// `<cgroup2>/app-e2e-PID/init.scope`, so that it looks like a container's init to app's
+/// attribution (`app::peer`: the root is PID 1's cgroup without `/init.scope`) and the
+/// clients get the field set of a client in a unit (CLIENT_UNIT=init.scope, CLIENT_SLICE,
+/// CLIENT_CGROUP, CLIENT_COMM, and as root OBJECT_SYSTEMD_UNIT and OBJECT_COMM) rather than
+/// the smaller set of a process in the root cgroup, which belongs to no unit.
+struct BenchCgroup {
+    top: PathBuf,
+    scope: PathBuf,
+}
+
+impl BenchCgroup {
+    fn create() -> BenchCgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == "cgroup2")
+            .map(|f| PathBuf::from(f[1]))
+            .expect("a cgroup2 hierarchy (/sys/fs/cgroup/unified on a hybrid host)");
+        let top = root.join(format!("app-e2e-{}", std::process::id()));
+        let scope = top.join("init.scope");
+        std::fs::create_dir_all(&scope)
+            .unwrap_or_else(|e| panic!("creating the cgroup {scope:?}: {e}"));
+        BenchCgroup { top, scope }
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        // The namespace's processes are gone once unshare returns; their cgroup empties as
+        // the kernel finishes them.
+        for _ in 0..100 {
+            let _ = std::fs::remove_dir(&self.scope);
+            if std::fs::remove_dir(&self.top).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("could not remove the cgroup {:?}", self.top);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Target {
     App,
+    /// app with `journal.attribution = "off"`: no CLIENT_COMM/UNIT/SLICE/CGROUP, no OBJECT_*.
+    AppUnattributed,
     /// (a) journald's stdout stream socket.
     Stream,
     /// (b) the relay, bare entries.
@@ -75,19 +135,31 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 4] = [
+    const ALL: [Target; 5] = [
         Target::App,
+        Target::AppUnattributed,
         Target::Stream,
         Target::Native,
         Target::NativeFull,
     ];
+
+    /// Whether a JSON-object line becomes fields (app's `protocol.json = "auto"`, and (c)).
+    fn maps_json(self) -> bool {
+        matches!(
+            self,
+            Target::App | Target::AppUnattributed | Target::NativeFull
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     clients: usize,
     lines: usize,
+    /// Plain lines: exactly this long. JSON lines: the length of their `msg`.
     bytes: usize,
+    /// Pino-like JSON objects (8 keys, one nested) instead of plain text.
+    json: bool,
 }
 
 impl Scenario {
@@ -96,6 +168,10 @@ impl Scenario {
     }
 
     fn name(&self) -> String {
+        if self.json {
+            let size = self.line(0, 0).len();
+            return format!("{} × {} × JSON, {size} B", self.clients, self.lines);
+        }
         let size = if self.bytes >= 1024 {
             format!("{} KiB", self.bytes / 1024)
         } else {
@@ -103,24 +179,56 @@ impl Scenario {
         };
         format!("{} × {} × {size}", self.clients, self.lines)
     }
+
+    /// Line `seq` of client `client`, as the client writes it (without the newline).
+    fn line(&self, client: usize, seq: usize) -> Vec<u8> {
+        let text = line(client, seq, self.bytes);
+        if !self.json {
+            return text;
+        }
+        // What pino writes for a request (the shape of benches/framing.rs's JSON line): the
+        // time moves every 20 lines, the request id every line, method and status now and then.
+        let method = ["GET", "GET", "GET", "POST", "PUT"][seq % 5];
+        let status = [200, 200, 200, 201, 404, 500][seq % 6];
+        format!(
+            r#"{{"level":30,"time":{},"pid":4242,"hostname":"myhost","name":"billing","reqId":"c{client:03}-s{seq:08}","http":{{"method":"{method}","status":{status}}},"msg":"{}"}}"#,
+            1_764_110_316_123 + seq / 20,
+            String::from_utf8(text).unwrap()
+        )
+        .into_bytes()
+    }
+
+    /// The MESSAGE that line `seq` of `client` must arrive as through `target`: a JSON line's
+    /// `msg` where the line becomes fields, else the line as sent.
+    fn message(&self, target: Target, client: usize, seq: usize) -> Vec<u8> {
+        if self.json && target.maps_json() {
+            line(client, seq, self.bytes)
+        } else {
+            self.line(client, seq)
+        }
+    }
 }
 
 /// What one run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Outcome {
     msgs_per_s: f64,
     /// CPU (user, system) of the process between clients and journald, none for the stream.
     server_us_per_msg: Option<(f64, f64)>,
     journald_us_per_msg: f64,
     server_peak_rss_kib: Option<u64>,
+    /// The fields (names) of the last line's entry, sorted.
+    fields: Vec<String>,
 }
 
-/// `--quick`: one round, a tenth of the lines. `--only app|stream|native` and `--scenario N`
-/// (1-based) narrow the run down, for profiling one contender.
+/// `--quick`: one round, a tenth of the lines. `--only app|app-unattributed|stream|native|
+/// native-full` (repeatable) and `--scenario N` (1-based) narrow the run down, for profiling one
+/// contender; `--rounds N` for more rounds than three.
 #[derive(Debug, Default)]
 struct Options {
     quick: bool,
-    only: Option<Target>,
+    only: Vec<Target>,
+    rounds: Option<usize>,
     scenario: Option<usize>,
 }
 
@@ -131,14 +239,19 @@ impl Options {
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => o.quick = true,
-                "--only" => {
-                    o.only = Some(match args.next().map(String::as_str) {
-                        Some("app") => Target::App,
-                        Some("stream") => Target::Stream,
-                        Some("native") => Target::Native,
-                        Some("native-full") => Target::NativeFull,
-                        other => panic!("--only app|stream|native|native-full, not {other:?}"),
-                    })
+                "--only" => o.only.push(match args.next().map(String::as_str) {
+                    Some("app") => Target::App,
+                    Some("app-unattributed") => Target::AppUnattributed,
+                    Some("stream") => Target::Stream,
+                    Some("native") => Target::Native,
+                    Some("native-full") => Target::NativeFull,
+                    other => panic!(
+                        "--only app|app-unattributed|stream|native|native-full, not {other:?}"
+                    ),
+                }),
+                "--rounds" => {
+                    o.rounds = args.next().and_then(|n| n.parse().ok());
+                    assert!(o.rounds.is_some(), "--rounds N");
                 }
                 "--scenario" => {
                     o.scenario = args.next().and_then(|n| n.parse().ok());
@@ -146,7 +259,10 @@ impl Options {
                 }
                 "--bench" => {} // what cargo bench passes
                 other => {
-                    eprintln!("unknown argument {other:?}: --quick, --only TARGET, --scenario N");
+                    eprintln!(
+                        "unknown argument {other:?}: --quick, --only TARGET, --scenario N, \
+                         --rounds N"
+                    );
                     std::process::exit(2);
                 }
             }
@@ -157,24 +273,38 @@ impl Options {
 
 fn bench(options: &Options) {
     let quick = options.quick;
+    // Into the cgroup made for us (BenchCgroup); every process started from here on inherits it.
+    let cgroup = std::env::var(CGROUP).expect("the bench's cgroup");
+    std::fs::write(format!("{cgroup}/cgroup.procs"), "0")
+        .unwrap_or_else(|e| panic!("moving the bench into {cgroup}: {e}"));
     setup_namespace();
     let scale = if quick { 10 } else { 1 };
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = options.rounds.unwrap_or(if quick { 1 } else { 3 });
     let scenarios = [
         Scenario {
             clients: 1,
             lines: 200_000 / scale,
             bytes: 100,
+            json: false,
         },
         Scenario {
             clients: 32,
             lines: 10_000 / scale,
             bytes: 100,
+            json: false,
         },
         Scenario {
             clients: 8,
             lines: 2_000 / scale,
             bytes: 4096,
+            json: false,
+        },
+        // Issue 17: a JSON object per line, which app and (c) turn into fields.
+        Scenario {
+            clients: 1,
+            lines: 100_000 / scale,
+            bytes: 40,
+            json: true,
         },
     ];
     println!("{}", machine());
@@ -195,59 +325,154 @@ fn bench(options: &Options) {
             }
             for k in 0..Target::ALL.len() {
                 let target = Target::ALL[(k + round + i) % Target::ALL.len()];
-                if options.only.is_some_and(|t| t != target) {
+                if !options.only.is_empty() && !options.only.contains(&target) {
                     continue;
                 }
                 let outcome = run(target, scenario);
                 eprintln!(
-                    "round {} {:<18} {:<7} {:>9.0} msg/s",
+                    "round {} {:<18} {:<15} {:>9.0} msg/s",
                     round + 1,
                     scenario.name(),
                     format!("{target:?}"),
                     outcome.msgs_per_s
                 );
                 results.entry((i, target)).or_default().push(outcome);
+                let compared = [Target::App, Target::AppUnattributed, Target::NativeFull];
+                if compared.contains(&target) {
+                    same_fields(scenario, &results, i, round == 0);
+                }
             }
         }
     }
 
     println!(
-        "| scenario | app msg/s | (a) stream | (b) native | (c) native, app's fields \
-         | app ÷ (a) | app ÷ (b) | app ÷ (c) | app CPU µs/msg, user + system | (b) CPU µs/msg \
-         | journald CPU µs/msg: app / (a) / (b) / (c) | app peak RSS |"
+        "| scenario | app msg/s | app, attribution off | (a) stream | (b) native \
+         | (c) native, app's fields | app ÷ (a) | app ÷ (b) | app ÷ (c) | app on ÷ off \
+         | app CPU µs/msg, user + system: on / off | (b) / (c) CPU µs/msg \
+         | journald CPU µs/msg: app / off / (a) / (b) / (c) | app peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (i, scenario) in scenarios.iter().enumerate() {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let measured = |i: usize| Target::ALL.iter().any(|&t| results.contains_key(&(i, t)));
+    for (i, scenario) in scenarios.iter().enumerate().filter(|(i, _)| measured(*i)) {
         let m = |t: Target, f: &dyn Fn(&Outcome) -> Option<f64>| {
             let runs = results.get(&(i, t)).map_or(&[][..], Vec::as_slice);
             median(runs.iter().filter_map(f).collect())
         };
         let rate = |t| m(t, &|o| Some(o.msgs_per_s));
         let journald = |t| m(t, &|o| Some(o.journald_us_per_msg));
-        let user = |t| m(t, &|o| o.server_us_per_msg.map(|c| c.0));
-        let system = |t| m(t, &|o| o.server_us_per_msg.map(|c| c.1));
-        let [app, stream, native, full] = Target::ALL.map(rate);
+        let cpu = |t| {
+            let user = m(t, &|o: &Outcome| o.server_us_per_msg.map(|c| c.0));
+            let system = m(t, &|o: &Outcome| o.server_us_per_msg.map(|c| c.1));
+            format!("{user:.2} + {system:.2}")
+        };
+        let [app, off, stream, native, full] = Target::ALL.map(rate);
+        let [j_app, j_off, j_stream, j_native, j_full] = Target::ALL.map(journald);
         println!(
-            "| {} | {app:.0} | {stream:.0} | {native:.0} | {full:.0} | {:.2} | {:.2} | {:.2} \
-             | {:.2} + {:.2} | {:.2} + {:.2} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} MiB |",
+            "| {} | {app:.0} | {off:.0} | {stream:.0} | {native:.0} | {full:.0} | {:.2} | {:.2} \
+             | {:.2} | {:.2} | {} / {} | {} / {} | {j_app:.1} / {j_off:.1} / {j_stream:.1} \
+             / {j_native:.1} / {j_full:.1} | {:.1} MiB |",
             scenario.name(),
             app / stream,
             app / native,
             app / full,
-            user(Target::App),
-            system(Target::App),
-            user(Target::Native),
-            system(Target::Native),
-            journald(Target::App),
-            journald(Target::Stream),
-            journald(Target::Native),
-            journald(Target::NativeFull),
+            app / off,
+            cpu(Target::App),
+            cpu(Target::AppUnattributed),
+            cpu(Target::Native),
+            cpu(Target::NativeFull),
             m(Target::App, &|o| o.server_peak_rss_kib.map(|k| k as f64)) / 1024.0,
         );
     }
     println!();
-    idle(if quick { 500 } else { 5000 });
+    // On a shared machine the load moves between rounds: a ratio of two runs of the same round
+    // (minutes apart at most) says more than a ratio of medians taken over all of them.
+    for (i, scenario) in scenarios.iter().enumerate().filter(|(i, _)| measured(*i)) {
+        let paired = |a: Target, b: Target| {
+            let rates = |t| results.get(&(i, t)).map_or(vec![], |r| r.to_vec());
+            let ratios: Vec<String> = rates(a)
+                .iter()
+                .zip(&rates(b))
+                .map(|(a, b)| format!("{:.2}", a.msgs_per_s / b.msgs_per_s))
+                .collect();
+            ratios.join(" / ")
+        };
+        // About 1.0 or more: journald was the bottleneck; less: it waited for entries, or
+        // for a core.
+        let busy = |t: Target| {
+            let runs = results.get(&(i, t)).map_or(&[][..], Vec::as_slice);
+            let busy: Vec<String> = runs
+                .iter()
+                .map(|o| format!("{:.2}", o.msgs_per_s * o.journald_us_per_msg / 1e6))
+                .collect();
+            busy.join(" / ")
+        };
+        println!(
+            "{}, round by round: app ÷ (c) {}; app on ÷ off {}; journald's CPU seconds per \
+             second of the run, app: {}, (c): {}",
+            scenario.name(),
+            paired(Target::App, Target::NativeFull),
+            paired(Target::App, Target::AppUnattributed),
+            busy(Target::App),
+            busy(Target::NativeFull),
+        );
+    }
+    println!();
+    idle(if quick { 500 } else { 5000 }, "app");
+    idle(if quick { 500 } else { 5000 }, "app-unattributed");
     startup(if quick { 5 } else { 20 });
+}
+
+/// The benchmark fails unless (c) sent the same fields as app (by name: the values of
+/// CLIENT_PID and the like differ from run to run), and unless app with attribution off sent
+/// app's fields without the attribution ones. Prints them the first time.
+fn same_fields(
+    scenario: &Scenario,
+    results: &HashMap<(usize, Target), Vec<Outcome>>,
+    i: usize,
+    print: bool,
+) {
+    let last = |t| {
+        results
+            .get(&(i, t))
+            .and_then(|r| r.last())
+            .map(|o| &o.fields)
+    };
+    let (Some(app), Some(off), Some(full)) = (
+        last(Target::App),
+        last(Target::AppUnattributed),
+        last(Target::NativeFull),
+    ) else {
+        return; // not all three have run yet
+    };
+    assert_eq!(
+        app,
+        full,
+        "{}: (c) must send the fields app sends",
+        scenario.name()
+    );
+    const ATTRIBUTION: [&str; 5] = [
+        "CLIENT_COMM",
+        "CLIENT_UNIT",
+        "CLIENT_USER_UNIT",
+        "CLIENT_SLICE",
+        "CLIENT_CGROUP",
+    ];
+    let is_attribution = |f: &String| ATTRIBUTION.contains(&f.as_str()) || f.starts_with("OBJECT_");
+    let without: Vec<&String> = app.iter().filter(|f| !is_attribution(f)).collect();
+    assert_eq!(
+        off.iter().collect::<Vec<_>>(),
+        without,
+        "{}: app with attribution off",
+        scenario.name()
+    );
+    assert!(
+        app.iter().any(|f| f == "CLIENT_UNIT"),
+        "{}: the bench's client has a unit (init.scope): {app:?}",
+        scenario.name()
+    );
+    if print {
+        println!("{}: app and (c) send {}", scenario.name(), app.join(" "));
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -289,9 +514,12 @@ fn setup_namespace() {
          ForwardToWall=no\nForwardToConsole=no\nForwardToKMsg=no\nRuntimeMaxUse=8G\n",
     )
     .unwrap();
+    let config = "[journal]\nsink = \"journal\"\n[limits]\nrate_limit_burst = 0\n\
+                  max_connections = 20000\n";
+    std::fs::write(format!("{WORK}/app.toml"), config).unwrap();
     std::fs::write(
-        format!("{WORK}/app.toml"),
-        "[journal]\nsink = \"journal\"\n[limits]\nrate_limit_burst = 0\nmax_connections = 20000\n",
+        format!("{WORK}/app-unattributed.toml"),
+        config.replace("[journal]\n", "[journal]\nattribution = \"off\"\n"),
     )
     .unwrap();
     raise_nofile();
@@ -387,14 +615,20 @@ fn start_journald() -> Proc {
     journald
 }
 
-/// The daemon under test, on its own socket; returns once it is ready.
-fn start_app(socket: &Path) -> (Proc, Duration) {
+/// The daemon under test, on its own socket, with `{WORK}/{config}.toml`; returns once it is
+/// ready.
+fn start_app(socket: &Path, config: &str) -> (Proc, Duration) {
     let _ = std::fs::remove_file(socket);
     let notify = Notify::new("app");
     let log = format!("{WORK}/app.log");
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_app"))
-        .args(["--config", &format!("{WORK}/app.toml"), "serve", "--socket"])
+        .args([
+            "--config",
+            &format!("{WORK}/{config}.toml"),
+            "serve",
+            "--socket",
+        ])
         .arg(socket)
         .env("NOTIFY_SOCKET", &notify.path)
         .env_remove("LISTEN_FDS")
@@ -459,7 +693,11 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
     let journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/bench.sock"));
     let (server, address) = match target {
-        Target::App => (Some(start_app(&socket).0), socket.clone()),
+        Target::App => (Some(start_app(&socket, "app").0), socket.clone()),
+        Target::AppUnattributed => (
+            Some(start_app(&socket, "app-unattributed").0),
+            socket.clone(),
+        ),
         Target::Native => (Some(start_relay(&socket, "bare")), socket.clone()),
         Target::NativeFull => (Some(start_relay(&socket, "full")), socket.clone()),
         Target::Stream => (None, PathBuf::from(STDOUT_SOCKET)),
@@ -473,14 +711,14 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
         .map(|c| {
             let mut buf = header.to_vec();
             for seq in 0..scenario.lines {
-                buf.extend(line(c, seq, scenario.bytes));
+                buf.extend(scenario.line(c, seq));
                 buf.push(b'\n');
             }
             buf
         })
         .collect();
     let lasts: Vec<String> = (0..scenario.clients)
-        .map(|c| String::from_utf8(line(c, scenario.lines - 1, scenario.bytes)).unwrap())
+        .map(|c| String::from_utf8(scenario.message(target, c, scenario.lines - 1)).unwrap())
         .collect();
 
     let barrier = Arc::new(Barrier::new(scenario.clients + 1));
@@ -554,7 +792,29 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
         server_us_per_msg: server_us,
         journald_us_per_msg: journald_us,
         server_peak_rss_kib: server_rss,
+        fields: field_names(&lasts[0]),
     }
+}
+
+/// The names of the fields the sender set on the entry whose MESSAGE is `message`: all but
+/// the ones journald adds itself (`_PID`, `__CURSOR`, …).
+fn field_names(message: &str) -> Vec<String> {
+    let out = output(
+        Command::new("journalctl")
+            .args(["-D", JOURNAL_DIR, "-o", "json", "--all"])
+            .arg(format!("MESSAGE={message}")),
+    );
+    let entry: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("the last line's entry")).unwrap();
+    let mut names: Vec<String> = entry
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| !k.starts_with('_'))
+        .cloned()
+        .collect();
+    names.sort();
+    names
 }
 
 /// How many of `messages` are in the journal (a match query: cheap while journald is busy).
@@ -591,15 +851,17 @@ fn verify(scenario: &Scenario, target: Target) -> u64 {
         let Some(message) = entry["MESSAGE"].as_str() else {
             continue;
         };
-        let is_ours = message.starts_with('c') && message.as_bytes().get(4) == Some(&b' ');
+        // A line as sent, or a JSON line's msg.
+        let is_ours = (message.starts_with('c') && message.as_bytes().get(4) == Some(&b' '))
+            || message.starts_with(r#"{"level":"#);
         if !is_ours {
             continue; // journald's own messages
         }
-        match parse_line(message) {
+        match identify(message) {
             Some((c, s))
                 if c < scenario.clients
                     && s < scenario.lines
-                    && message.as_bytes() == line(c, s, scenario.bytes) =>
+                    && message.as_bytes() == scenario.message(target, c, s) =>
             {
                 let slot = &mut seen[c * scenario.lines + s];
                 duplicates += usize::from(*slot);
@@ -625,10 +887,22 @@ fn verify(scenario: &Scenario, target: Target) -> u64 {
             mangled.len(),
             &mangled[..mangled.len().min(4)]
         );
-        assert!(target != Target::App, "{report}");
+        assert!(
+            !matches!(target, Target::App | Target::AppUnattributed),
+            "{report}"
+        );
         eprintln!("NOTE (a reference, not app): {report}");
     }
     last
+}
+
+/// Which client's which line a MESSAGE is: the line itself, or a JSON line holding it as `msg`.
+fn identify(message: &str) -> Option<(usize, usize)> {
+    if message.starts_with('{') {
+        let object: serde_json::Value = serde_json::from_str(message).ok()?;
+        return parse_line(object["msg"].as_str()?);
+    }
+    parse_line(message)
 }
 
 fn clk_tck() -> f64 {
@@ -655,11 +929,13 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
 }
 
-/// `n` clients connect and send one line each, then stay: memory per idle connection.
-fn idle(n: usize) {
+/// `n` clients connect and send one line each, then stay: memory per idle connection, for app
+/// with `{WORK}/{config}.toml` (run with attribution on and off: a connection keeps its unit and
+/// command as encoded fields for its life).
+fn idle(n: usize, config: &str) {
     let journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/idle.sock"));
-    let (app, _) = start_app(&socket);
+    let (app, _) = start_app(&socket, config);
     std::thread::sleep(Duration::from_millis(300));
     let before = (
         status_kib(app.pid(), "VmRSS"),
@@ -693,7 +969,7 @@ fn idle(n: usize) {
     let journald_after = status_kib(journald.pid(), "RssAnon");
     let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 * 1024.0 / n as f64;
     println!(
-        "idle: {n} connected clients that each sent one line: app RSS {:.1} → {:.1} MiB, \
+        "idle ({config}): {n} connected clients that each sent one line: app RSS {:.1} → {:.1} MiB, \
          {:.0} bytes per connection ({:.0} anonymous); journald's own stdout streams: {:.0} \
          anonymous bytes per stream",
         before.0 as f64 / 1024.0,
@@ -723,7 +999,7 @@ fn startup(runs: usize) {
     let socket = PathBuf::from(format!("{WORK}/start.sock"));
     let (mut ready, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (app, took) = start_app(&socket);
+        let (app, took) = start_app(&socket, "app");
         std::thread::sleep(Duration::from_millis(200));
         ready.push(took.as_secs_f64() * 1000.0);
         rss.push(status_kib(app.pid(), "VmRSS") as f64);
@@ -740,8 +1016,13 @@ fn startup(runs: usize) {
 /// References (b) and (c): read lines from clients and send each as one native datagram through
 /// one shared socket. A thread per client, blocking I/O, one reused buffer per thread: nothing a
 /// one-entry-per-line daemon could do much faster. (b) sends MESSAGE= and PRIORITY= only; (c)
-/// adds the fields app sends for a plain line (SYSLOG_IDENTIFIER, CLIENT_*), to show what
-/// journald's own cost per field leaves for any daemon that records who sent a line.
+/// sends what app sends for the same client and line, to show what journald's own cost per field
+/// leaves for any daemon that records who sent a line: SYSLOG_IDENTIFIER and CLIENT_* from the
+/// peer's credentials, and the client's command and unit resolved once per connection by the
+/// same code as app's (`app::peer`, /proc reads); a line that is a JSON object is parsed with
+/// serde_json and its keys sent as fields, by the mapping of README "Structured lines" (as far
+/// as the bench's lines need it: `msg`, a pino `level`, one level of nesting). The bench checks
+/// that an entry of (c) has the same field names as app's.
 fn relay(path: &Path, app_fields: bool) {
     let journal = UnixDatagram::unbound().unwrap();
     journal.connect(JOURNAL_SOCKET).unwrap();
@@ -749,20 +1030,23 @@ fn relay(path: &Path, app_fields: bool) {
     let listener = UnixListener::bind(path).unwrap();
     for (connection, client) in listener.incoming().enumerate() {
         let client = client.unwrap();
-        let mut fields = b"\nPRIORITY=6\n".to_vec();
+        let mut fields = Vec::new();
         if app_fields {
             let cred = rustix::net::sockopt::socket_peercred(&client).unwrap();
-            fields.extend(
-                format!(
-                    "SYSLOG_IDENTIFIER=app\nCLIENT_PID={}\nCLIENT_UID={}\nCLIENT_GID={}\n\
-                     CLIENT_CONNECTION={}\n",
-                    cred.pid.as_raw_nonzero(),
-                    cred.uid.as_raw(),
-                    cred.gid.as_raw(),
-                    connection + 1
-                )
-                .bytes(),
-            );
+            let pid = cred.pid.as_raw_nonzero().get();
+            push_field(&mut fields, b"SYSLOG_IDENTIFIER", b"app");
+            for (name, value) in [
+                (&b"CLIENT_PID"[..], pid.to_string()),
+                (b"CLIENT_UID", cred.uid.as_raw().to_string()),
+                (b"CLIENT_GID", cred.gid.as_raw().to_string()),
+                (b"CLIENT_CONNECTION", (connection + 1).to_string()),
+            ] {
+                push_field(&mut fields, name, value.as_bytes());
+            }
+            let who = app::peer::Attribution::of_peer(client.as_fd(), pid);
+            for (name, value) in who.fields(app::peer::sends_object_fields()) {
+                push_field(&mut fields, name, value);
+            }
         }
         let journal = journal.clone();
         std::thread::spawn(move || {
@@ -776,11 +1060,103 @@ fn relay(path: &Path, app_fields: bool) {
                 }
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
                 datagram.clear();
-                datagram.extend_from_slice(b"MESSAGE=");
-                datagram.extend_from_slice(text);
+                let object = (app_fields && text.first() == Some(&b'{'))
+                    .then(|| serde_json::from_slice::<JsonObject>(text).ok())
+                    .flatten();
+                let Some(object) = object else {
+                    push_field(&mut datagram, b"MESSAGE", text);
+                    datagram.extend_from_slice(b"PRIORITY=6\n");
+                    datagram.extend_from_slice(&fields);
+                    journal.send(&datagram).expect("sending to journald");
+                    continue;
+                };
+                let message = object
+                    .get("msg")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|m| !m.is_empty());
+                let priority = object.get("level").and_then(pino_priority);
+                push_field(
+                    &mut datagram,
+                    b"MESSAGE",
+                    message.map_or(text, str::as_bytes),
+                );
+                datagram.extend_from_slice(b"PRIORITY=");
+                datagram.push(b'0' + priority.unwrap_or(6));
+                datagram.push(b'\n');
                 datagram.extend_from_slice(&fields);
+                for (key, value) in &object {
+                    let taken = (key == "msg" && message.is_some())
+                        || (key == "level" && priority.is_some());
+                    match value {
+                        _ if taken => {}
+                        serde_json::Value::Object(inner) if !inner.is_empty() => {
+                            for (inner_key, inner_value) in inner {
+                                push_json(
+                                    &mut datagram,
+                                    &format!("{key}_{inner_key}"),
+                                    inner_value,
+                                );
+                            }
+                        }
+                        value => push_json(&mut datagram, key, value),
+                    }
+                }
                 journal.send(&datagram).expect("sending to journald");
             }
         });
     }
+}
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// A pino/bunyan level number, or a level name, as a syslog priority.
+fn pino_priority(level: &serde_json::Value) -> Option<u8> {
+    match level {
+        serde_json::Value::Number(n) => match n.as_u64()? {
+            10 | 20 => Some(7),
+            30 => Some(6),
+            40 => Some(4),
+            50 => Some(3),
+            60 => Some(2),
+            _ => None,
+        },
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "trace" | "debug" => Some(7),
+            "info" => Some(6),
+            "warn" | "warning" => Some(4),
+            "error" => Some(3),
+            "fatal" => Some(2),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// One JSON key as a field: its name upper-cased with anything outside `[A-Z0-9_]` as `_`, a
+/// string as its bytes, anything else as compact JSON.
+fn push_json(out: &mut Vec<u8>, key: &str, value: &serde_json::Value) {
+    let name: Vec<u8> = key
+        .bytes()
+        .map(|b| match b.to_ascii_uppercase() {
+            b @ (b'A'..=b'Z' | b'0'..=b'9' | b'_') => b,
+            _ => b'_',
+        })
+        .collect();
+    match value {
+        serde_json::Value::String(s) => push_field(out, &name, s.as_bytes()),
+        other => push_field(out, &name, other.to_string().as_bytes()),
+    }
+}
+
+/// `NAME=value\n`, or the length-prefixed form for a value holding a newline (sd_journal_sendv).
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    if value.contains(&b'\n') {
+        out.push(b'\n');
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        out.push(b'=');
+    }
+    out.extend_from_slice(value);
+    out.push(b'\n');
 }
