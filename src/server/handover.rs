@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::protocol::FramerState;
-use crate::systemd::fdstore::{self, FdStore};
+use crate::systemd::fdstore::{self, FdStore, RecordBody};
 
 use super::connection::Stream;
 use super::encode::LineSnapshot;
@@ -77,20 +77,37 @@ impl StateRecord {
         out
     }
 
-    /// The record and each connection's pending bytes, by `CLIENT_CONNECTION`.
-    pub fn decode(data: &[u8]) -> Result<(StateRecord, HashMap<u64, Resume>), String> {
-        let end = memchr::memchr(b'\n', data).ok_or("no end of the JSON part")?;
+    /// The record and each connection's pending bytes, by `CLIENT_CONNECTION`, read piece by
+    /// piece: each connection's bytes land in their own buffer, never the whole record at once.
+    pub fn decode(
+        body: &(impl RecordBody + ?Sized),
+    ) -> Result<(StateRecord, HashMap<u64, Resume>), String> {
+        // The JSON part ends at the first newline (serde_json escapes those in strings).
+        const CHUNK: usize = 64 * 1024;
+        let total = body.size();
+        let mut json = Vec::new();
+        let end = loop {
+            let at = json.len() as u64;
+            if at >= total {
+                return Err("no end of the JSON part".to_owned());
+            }
+            let n = CHUNK.min((total - at) as usize);
+            json.extend_from_slice(&body.read_at(at, n)?);
+            if let Some(i) = memchr::memchr(b'\n', &json[at as usize..]) {
+                break at as usize + i;
+            }
+        };
         let record: StateRecord =
-            serde_json::from_slice(&data[..end]).map_err(|e| format!("JSON: {e}"))?;
-        let mut blob = &data[end + 1..];
+            serde_json::from_slice(&json[..end]).map_err(|e| format!("JSON: {e}"))?;
+        drop(json);
+        let mut offset = end as u64 + 1;
         let mut by_id = HashMap::new();
         let mut take = |n: usize, id: u64| {
-            if n > blob.len() {
-                return Err(format!("connection {id}: its data cut short"));
-            }
-            let (mine, rest) = blob.split_at(n);
-            blob = rest;
-            Ok(mine.to_vec())
+            let part = body
+                .read_at(offset, n)
+                .map_err(|_| format!("connection {id}: its data cut short"))?;
+            offset += n as u64;
+            Ok::<_, String>(part)
         };
         for c in &record.connections {
             let resume = Resume {
@@ -102,8 +119,11 @@ impl StateRecord {
                 return Err(format!("connection {} twice", c.id));
             }
         }
-        if !blob.is_empty() {
-            return Err(format!("{} bytes after the last connection", blob.len()));
+        if offset != total {
+            return Err(format!(
+                "{} bytes after the last connection",
+                total - offset
+            ));
         }
         Ok((record, by_id))
     }
@@ -116,10 +136,13 @@ pub fn pick_up(state: Option<OwnedFd>, store: Option<&FdStore>) -> (u64, HashMap
     let Some(fd) = state else {
         return (0, HashMap::new());
     };
-    let decoded = fdstore::read_record(&fd, MAX_RECORD).and_then(|data| StateRecord::decode(&data));
+    // Out of the store before it is read: should reading it kill this process (memory), the
+    // next instance serves the connections afresh instead of dying on the same record.
     if let Some(store) = store {
         store.remove_logged(fdstore::STATE_NAME);
     }
+    let decoded =
+        fdstore::read_record(fd.as_fd(), MAX_RECORD).and_then(|body| StateRecord::decode(&body));
     match decoded {
         Ok((record, by_id)) => (record.next_connection, by_id),
         Err(e) => {
@@ -291,10 +314,41 @@ impl Store {
 
     /// Puts what the connections gave up into the store with the state record; the sockets
     /// are closed here (systemd holds them now). Returns how many connections were carried.
+    ///
+    /// The state record goes first: should the store be too small (`FileDescriptorStoreMax=`),
+    /// systemd refuses the newest connections, not the record the others need.
     pub fn commit(&self, next_connection: u64) -> std::io::Result<usize> {
         self.committed
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut handed =
+            std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        let room = self.fdstore.max().saturating_sub(1);
+        if handed.len() as u64 > room {
+            tracing::error!(
+                "{} connections to hand over, but the fd store holds {room} besides the state \
+                 record (FileDescriptorStoreMax=, $FDSTORE): systemd closes the newest",
+                handed.len()
+            );
+        }
+        let record = StateRecord {
+            next_connection,
+            connections: handed.iter().map(|(_, r, _)| r.record.clone()).collect(),
+        };
+        // Written straight into the memfd, each connection's pending bytes freed once written:
+        // the worst case (every connection holding a line of limits.max_line_bytes) is never in
+        // memory twice.
+        let fd = fdstore::sealed_record_with(|w| {
+            use std::io::Write;
+            w.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+            w.write_all(b"\n")?;
+            for (_, resume, _) in handed.iter_mut() {
+                w.write_all(&std::mem::take(&mut resume.pending))?;
+                w.write_all(&std::mem::take(&mut resume.fields))?;
+            }
+            Ok(())
+        })?;
+        self.fdstore.store(fdstore::STATE_NAME, fd.as_fd(), true)?;
+        drop(fd);
         for (stream, resume, stored) in &handed {
             if *stored {
                 continue; // already there: systemd would only drop the duplicate
@@ -302,16 +356,6 @@ impl Store {
             let name = fdstore::connection_name(resume.record.id);
             self.fdstore.store(&name, stream.as_fd(), true)?;
         }
-        let record = StateRecord {
-            next_connection,
-            connections: handed.iter().map(|(_, r, _)| r.record.clone()).collect(),
-        };
-        let data: Vec<(&[u8], &[u8])> = handed
-            .iter()
-            .map(|(_, r, _)| (r.pending.as_slice(), r.fields.as_slice()))
-            .collect();
-        let fd = fdstore::sealed_record(&record.encode(&data))?;
-        self.fdstore.store(fdstore::STATE_NAME, fd.as_fd(), true)?;
         Ok(handed.len())
     }
 }
@@ -343,14 +387,14 @@ mod tests {
             connections: vec![conn(3, 2), conn(7, 0), conn(8, 3)],
         };
         let data = record.encode(&[(b"ab", b"1"), (b"", b"2"), (b"\n\x00z", b"3")]);
-        let (back, by_id) = StateRecord::decode(&data).unwrap();
+        let (back, by_id) = StateRecord::decode(&data[..]).unwrap();
         assert_eq!(back, record);
         assert_eq!(by_id[&3].pending, b"ab");
         assert_eq!(by_id[&8].pending, b"\n\x00z");
         assert_eq!(by_id[&8].fields, b"3");
         assert!(StateRecord::decode(&data[..data.len() - 1]).is_err());
-        assert!(StateRecord::decode(b"{}\n").is_err());
-        assert!(StateRecord::decode(b"garbage").is_err());
+        assert!(StateRecord::decode(&b"{}\n"[..]).is_err());
+        assert!(StateRecord::decode(&b"garbage"[..]).is_err());
     }
 
     /// The priority, facility and syslog header of a line being cut come back as they were;

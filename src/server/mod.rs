@@ -55,6 +55,11 @@ pub async fn run(
         (Some(fdstore), false) => Some(Arc::new(Store::new(fdstore.clone()))),
         _ => None,
     };
+    if let Some(store) = &store {
+        store
+            .fdstore()
+            .check_room(settings_tx.borrow().limits.max_connections.get() as u64);
+    }
     let ctx = Context {
         settings: settings_rx,
         sink,
@@ -276,6 +281,11 @@ fn resume_carried(
                 continue;
             }
         };
+        if ctx.store.is_none() {
+            // This instance keeps no store ($FDSTORE unset or 0 now): systemd's copy must go,
+            // or the client would never see this connection close.
+            remove(&name);
+        }
         let resume = resumes.remove(&id).map(Box::new);
         let socket_name = match &resume {
             Some(r) => r.record.socket.as_deref().map(Arc::from),
@@ -297,6 +307,13 @@ fn resume_carried(
         accept.resume(stream, peer, id, resume);
         highest = highest.max(id);
         carried += 1;
+    }
+    if !resumes.is_empty() {
+        tracing::warn!(
+            "fd store: the state record lists {} connections the store did not give back (a \
+             FileDescriptorStoreMax= smaller than $FDSTORE says?): those clients were cut off",
+            resumes.len()
+        );
     }
     // New connections are numbered after the carried ones.
     next_id.fetch_max(next.max(highest + 1), Ordering::Relaxed);

@@ -246,6 +246,9 @@ impl Supervisor {
                 {
                     tracing::warn!("service.log_level: {e}");
                 }
+                if let Some(store) = &self.control.fd_store {
+                    store.check_room(applied.limits.max_connections.get() as u64);
+                }
                 self.settings.send_replace(Arc::new(applied));
                 tracing::info!("configuration reloaded");
                 Ok(())

@@ -10,7 +10,7 @@
 //! socket unit's default name (`app.socket`).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::notify::Notifier;
 
@@ -37,6 +37,8 @@ pub fn connection_id(name: &str) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct FdStore {
     notifier: Notifier,
+    /// How many fds it holds at most (`$FDSTORE`, i.e. `FileDescriptorStoreMax=`).
+    max: u64,
 }
 
 impl FdStore {
@@ -53,12 +55,37 @@ impl FdStore {
         let max: u64 = max?.trim().parse().ok()?;
         (max > 0 && notifier.is_enabled()).then(|| FdStore {
             notifier: notifier.clone(),
+            max,
         })
     }
 
-    /// A store reached through `notifier` (tests, and the harness that plays systemd).
+    /// A store reached through `notifier` (tests, and the harness that plays systemd), of
+    /// unknown size.
     pub fn new(notifier: Notifier) -> Self {
-        FdStore { notifier }
+        FdStore {
+            notifier,
+            max: u64::MAX,
+        }
+    }
+
+    /// How many fds the store holds at most: a connection per client plus the state record.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Warns when `max_connections` clients and the state record would not fit: systemd refuses
+    /// what is over (the newest), and those clients are cut off at a restart.
+    pub fn check_room(&self, max_connections: u64) {
+        if self.max != u64::MAX && max_connections.saturating_add(1) > self.max {
+            tracing::warn!(
+                "limits.max_connections = {max_connections} but the fd store holds {} fds \
+                 ($FDSTORE, FileDescriptorStoreMax=): at a restart, connections past {} are \
+                 closed; raise both FileDescriptorStoreMax= and FDSTORE= to at least {}",
+                self.max,
+                self.max - 1,
+                max_connections + 1
+            );
+        }
     }
 
     /// Hands `fd` to the store as `name`. `FDPOLL=0`: systemd must not drop a connection whose
@@ -123,15 +150,23 @@ const MAGIC: &[u8] = b"app fd-store state v1\n";
 /// Writes `body` into a new sealed memfd (no one can change it afterwards, as systemd does for
 /// what it passes in memfds), after [`MAGIC`].
 pub fn sealed_record(body: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    sealed_record_with(|w| w.write_all(body))
+}
+
+/// [`sealed_record`] with the body written by `write`, straight into the memfd: a record of
+/// many megabytes (pending lines) is never also built in memory.
+pub fn sealed_record_with(
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<OwnedFd> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let fd =
         rustix::fs::memfd_create("app-state", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    let file = std::fs::File::from(fd);
+    let mut file = std::fs::File::from(fd);
     {
         use std::io::Write;
-        let mut w = &file;
-        w.write_all(MAGIC)?;
-        w.write_all(body)?;
+        file.write_all(MAGIC)?;
+        write(&mut file)?;
     }
     rustix::fs::fcntl_add_seals(
         &file,
@@ -140,11 +175,72 @@ pub fn sealed_record(body: &[u8]) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// Reads a record [`sealed_record`] wrote; an error says why it is not one (not sealed, a
-/// foreign magic, too large).
-pub fn read_record(fd: impl AsFd, max: u64) -> Result<Vec<u8>, String> {
+/// What a state record holds after its magic, read piece by piece where it lies: a record of
+/// many megabytes (pending lines) is never in memory whole, only each connection's part, in the
+/// buffer that goes on with it.
+pub trait RecordBody {
+    /// Its length in bytes.
+    fn size(&self) -> u64;
+    /// `n` bytes from `offset`; an error if they are not all there.
+    fn read_at(&self, offset: u64, n: usize) -> Result<Vec<u8>, String>;
+}
+
+impl RecordBody for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, n: usize) -> Result<Vec<u8>, String> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|at| self.get(at..at.checked_add(n)?))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| "cut short".to_owned())
+    }
+}
+
+/// A state record in its sealed memfd, checked: sealed, of our format, not too large.
+#[derive(Debug)]
+pub struct Record<'a> {
+    fd: BorrowedFd<'a>,
+    size: u64,
+}
+
+impl RecordBody for Record<'_> {
+    fn size(&self) -> u64 {
+        self.size - MAGIC.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, n: usize) -> Result<Vec<u8>, String> {
+        // Checked before anything is allocated: a damaged record may claim any length.
+        if offset
+            .checked_add(n as u64)
+            .is_none_or(|end| end > self.size())
+        {
+            return Err("cut short".to_owned());
+        }
+        pread_exact(self.fd, MAGIC.len() as u64 + offset, n)
+    }
+}
+
+fn pread_exact(fd: BorrowedFd<'_>, offset: u64, n: usize) -> Result<Vec<u8>, String> {
+    let mut data = vec![0u8; n];
+    let mut at = 0;
+    while at < n {
+        match rustix::io::pread(fd, &mut data[at..], offset + at as u64) {
+            Ok(0) => return Err("cut short".to_owned()),
+            Ok(got) => at += got,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(data)
+}
+
+/// Checks a record [`sealed_record`] wrote, for reading with [`RecordBody`]; an error says why
+/// it is not one (not sealed, a foreign magic, too large).
+pub fn read_record(fd: BorrowedFd<'_>, max: u64) -> Result<Record<'_>, String> {
     use rustix::fs::SealFlags;
-    let fd = fd.as_fd();
     let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| format!("not a sealed memfd: {e}"))?;
     if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW) {
         return Err("not sealed against writes".to_owned());
@@ -155,25 +251,18 @@ pub fn read_record(fd: impl AsFd, max: u64) -> Result<Vec<u8>, String> {
             "{size} bytes, more than the {max} a record can have"
         ));
     }
-    let mut data = vec![0u8; size as usize];
-    let mut at = 0;
-    while at < data.len() {
-        match rustix::io::pread(fd, &mut data[at..], at as u64) {
-            Ok(0) => break,
-            Ok(n) => at += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+    let foreign = || "not an app state record (foreign or older format)".to_owned();
+    if size < MAGIC.len() as u64 || pread_exact(fd, 0, MAGIC.len()).map_err(|_| foreign())? != MAGIC
+    {
+        return Err(foreign());
     }
-    data.truncate(at);
-    data.strip_prefix(MAGIC)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| "not an app state record (foreign or older format)".to_owned())
+    Ok(Record { fd, size })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn connection_names_round_trip_and_nothing_else_is_one() {
@@ -194,10 +283,26 @@ mod tests {
     #[test]
     fn a_record_reads_back_and_a_foreign_one_is_refused() {
         let fd = sealed_record(b"{\"x\":1}").unwrap();
-        assert_eq!(read_record(&fd, 1 << 20).unwrap(), b"{\"x\":1}");
-        assert!(read_record(&fd, 4).unwrap_err().contains("more than"));
+        let whole = |fd: &OwnedFd| {
+            let r = read_record(fd.as_fd(), 1 << 20)?;
+            r.read_at(0, r.size() as usize)
+        };
+        assert_eq!(whole(&fd).unwrap(), b"{\"x\":1}");
+        assert_eq!(whole(&sealed_record(b"").unwrap()).unwrap(), b"");
+        let r = read_record(fd.as_fd(), 1 << 20).unwrap();
+        assert_eq!(r.read_at(2, 3).unwrap(), b"x\":");
+        assert!(r.read_at(2, 6).is_err());
+        assert!(
+            read_record(fd.as_fd(), 4)
+                .unwrap_err()
+                .contains("more than")
+        );
         let plain = tempfile::tempfile().unwrap();
-        assert!(read_record(&plain, 1 << 20).unwrap_err().contains("sealed"));
+        assert!(
+            read_record(plain.as_fd(), 1 << 20)
+                .unwrap_err()
+                .contains("sealed")
+        );
         let mut foreign = sealed_record(b"").unwrap();
         foreign = {
             use rustix::fs::{MemfdFlags, SealFlags};
@@ -212,7 +317,7 @@ mod tests {
             fd
         };
         assert!(
-            read_record(&foreign, 1 << 20)
+            read_record(foreign.as_fd(), 1 << 20)
                 .unwrap_err()
                 .contains("foreign")
         );

@@ -232,6 +232,35 @@ impl FdStoreManager {
         self.wait_exit()
     }
 
+    /// [`FdStoreManager::stop`], with the instance's own peak RSS in KiB (`wait4`'s rusage of
+    /// that one child: `RUSAGE_CHILDREN` would mix in other tests' children).
+    pub fn stop_with_peak_rss(&mut self) -> (ExitStatus, u64) {
+        use std::os::unix::process::ExitStatusExt;
+        self.signal(rustix::process::Signal::TERM);
+        let pid = self.child.as_ref().expect("a running instance").id() as libc::pid_t;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut status = 0;
+            let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+            // SAFETY: wait4 fills `status` and `usage` for our own child.
+            let reaped =
+                unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
+            if reaped == pid {
+                // Reaped here: std's handle has nothing left to wait for.
+                self.child = None;
+                self.sync();
+                // SAFETY: filled by the successful wait4.
+                let usage = unsafe { usage.assume_init() };
+                return (ExitStatus::from_raw(status), usage.ru_maxrss as u64);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// SIGKILL (a crash); returns once the process is gone.
     pub fn kill(&mut self) {
         self.signal(rustix::process::Signal::KILL);

@@ -10,6 +10,7 @@ mod config;
 mod fdstore_harness;
 mod handover;
 mod handover_crash;
+mod handover_edges;
 mod hostile;
 mod json;
 mod leftovers;

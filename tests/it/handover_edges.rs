@@ -1,0 +1,191 @@
+//! The fd store's edges, found in review: memory at the worst-case handover and pickup (the
+//! unit's `MemoryMax=512M`), and the store turned off (`FDSTORE=0`) while it still holds
+//! connections. Against `fdstore_harness.rs`, the stand-in for PID 1's fd store.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::fdstore_harness::FdStoreManager;
+use crate::support::{APP, peak_rss_kib};
+
+/// A sealed memfd as `sealed_record` writes it (magic, then the body).
+fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
+    let file = std::fs::File::from(fd);
+    (&file).write_all(data).unwrap();
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW,
+    )
+    .unwrap();
+    file.into()
+}
+
+/// The state record a handover of `n` connections, each with `pending` bytes of a line read
+/// and not yet ended, writes (the format of `StateRecord::encode`).
+fn record(n: u64, pending: usize) -> Vec<u8> {
+    let mut json = String::from("{\"next_connection\":");
+    json.push_str(&(n + 1).to_string());
+    json.push_str(",\"connections\":[");
+    for id in 1..=n {
+        if id > 1 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            "{{\"id\":{id},\"socket\":null,\"framer\":{{\"continuing\":false,\"frame_left\":null,\
+             \"header_stash\":false,\"record\":false,\"after_record\":false,\
+             \"syslog_client\":false}},\"pending\":{pending},\"line\":{{\"priority\":6,\
+             \"facility\":null,\"header\":null}},\"attributed\":false,\"fields\":0}}"
+        ));
+    }
+    json.push_str("]}\n");
+    let mut out = b"app fd-store state v1\n".to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.resize(out.len() + n as usize * pending, b'z');
+    out
+}
+
+/// DESIGN §5 (bounded memory) and the shipped unit's `MemoryMax=512M`: the worst case the
+/// defaults allow at a handover — 4096 connections (max_connections) each holding a partial
+/// line just under `max_line_bytes` — is a 192 MiB state record. The next instance reads each
+/// connection's part into that connection's own buffer, never the whole record besides: its
+/// peak plus the memfd (shmem, charged to the same cgroup) stays under 512 MiB. (Before: the
+/// record read whole, then copied twice, ~400 MiB RSS plus the memfd.)
+#[test]
+fn picking_up_a_worst_case_state_record_stays_under_memory_max() {
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve", "--sink", "stdout"];
+    manager.start(APP, &argv, &[]);
+    let base = peak_rss_kib(manager.child.as_ref().unwrap().id());
+    assert!(manager.stop().success());
+
+    let data = record(4096, 49_151);
+    let record_mib = data.len() as u64 >> 20;
+    manager.inject("app-state", sealed(&data), true);
+    drop(data);
+    manager.start(APP, &argv, &[]);
+    let peak = peak_rss_kib(manager.child.as_ref().unwrap().id());
+    let stderr = manager.stderr();
+    assert!(manager.stop().success());
+    eprintln!(
+        "state record {record_mib} MiB; daemon peak RSS {} MiB without it, {} MiB picking it up",
+        base >> 10,
+        peak >> 10
+    );
+    // The memfd's pages (shmem, written by the previous instance in the same cgroup and kept
+    // by systemd) stay charged to app.service while the new instance reads them.
+    assert!(
+        (peak >> 10) + record_mib < 512,
+        "picking up a {record_mib} MiB state record peaks at {} MiB RSS (without the record: {} \
+         MiB); with the memfd's own {record_mib} MiB that is over app.service's MemoryMax=512M \
+         (and MemoryHigh=384M): {stderr}",
+        peak >> 10,
+        base >> 10
+    );
+}
+
+/// README: "Without a store — `FDSTORE` unset or 0 … — a stop drains instead", and issue 18.4:
+/// a stored connection the daemon ends must leave the store, or systemd's copy keeps the socket
+/// open and the client never sees the close. Turning the store off as README says
+/// (`Environment=FDSTORE=0`, restart) hands the connections to an instance that serves them and
+/// takes them out of the store at once: its drain tells the client `app: shutting down` and the
+/// client sees the close.
+#[test]
+fn with_fdstore_0_a_carried_connection_leaves_the_store_and_closes() {
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "[service]\nshutdown_timeout = \"1s\"\n").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve", "--sink", "stdout"];
+    manager.start(APP, &argv, &[]);
+    let mut client = UnixStream::connect(&manager.socket).unwrap();
+    client.write_all(b"one\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1600)); // stored while it lives
+    assert!(manager.stop().success());
+    // The admin turns the store off as README says, and restarts.
+    manager.start(APP, &argv, &[("FDSTORE", "0")]);
+    client.write_all(b"two\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(manager.stop().success()); // drains: "app: shutting down", close
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match std::io::Read::read(&mut client, &mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let told = String::from_utf8_lossy(&got).into_owned();
+    let stored = manager.stored_names();
+    assert!(
+        closed,
+        "told {told:?} but never closed: the store still holds {stored:?}"
+    );
+}
+
+/// The handover side of the memory case: `Store::commit` writes the state record straight into
+/// the memfd, freeing each connection's pending bytes once written, so 192 MiB pending (the
+/// unit's own worst case, 4096 x 48 KiB; here 48 x 4 MiB, fewer fds) is never in memory twice:
+/// the stopping instance's peak plus the memfd stays under MemoryMax=512M.
+#[test]
+fn handing_over_192_mib_of_partial_lines_stays_under_memory_max() {
+    crate::support::raise_nofile(4096);
+    const CLIENTS: usize = 48;
+    const LINE: usize = 4 << 20;
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[protocol]\nflush_after = \"0s\"\n[limits]\nmax_line_bytes = {LINE}\n\
+             rate_limit_burst = 0\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve", "--sink", "stdout"];
+    manager.start(APP, &argv, &[]);
+    let pid = manager.child.as_ref().unwrap().id();
+    let mut writers = Vec::new();
+    let clients: Vec<UnixStream> = (0..CLIENTS)
+        .map(|_| {
+            let c = UnixStream::connect(&manager.socket).unwrap();
+            let mut socket = c.try_clone().unwrap();
+            writers.push(std::thread::spawn(move || {
+                socket.write_all(&vec![b'p'; LINE - 1]).unwrap();
+            }));
+            c
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // What is left in the socket buffers is read by now, too.
+    std::thread::sleep(Duration::from_secs(1));
+    let serving = peak_rss_kib(pid);
+    let (status, peak) = manager.stop_with_peak_rss();
+    assert!(status.success());
+    let pending_mib = (CLIENTS * LINE) as u64 >> 20;
+    eprintln!(
+        "{pending_mib} MiB pending: peak RSS {} MiB while serving, {} MiB at the handover",
+        serving >> 10,
+        peak >> 10
+    );
+    drop(clients);
+    assert!(
+        (peak >> 10) + pending_mib < 512,
+        "with {pending_mib} MiB of partial lines the handover peaks at {} MiB RSS (serving: {} \
+         MiB) plus the {pending_mib} MiB memfd: over MemoryMax=512M",
+        peak >> 10,
+        serving >> 10
+    );
+}
