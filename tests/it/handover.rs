@@ -117,7 +117,13 @@ fn restarts_hand_every_connection_over_and_lose_no_line() {
     let mut manager = FdStoreManager::new();
     let config = manager.dir().join("app.toml");
     // Every client is this test's uid: one rate-limit budget would not do for all of them.
-    std::fs::write(&config, "[limits]\nrate_limit_burst = 0\n").unwrap();
+    // Only a newline ends a line here: under load a client can stall mid-line past the default
+    // flush_after (500 ms), which would log the piece on its own, restart or not.
+    std::fs::write(
+        &config,
+        "[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n",
+    )
+    .unwrap();
     let config = config.display().to_string();
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);

@@ -23,7 +23,13 @@ fn a_crash_drops_no_long_lived_client() {
     raise_nofile(4096);
     let mut manager = FdStoreManager::new();
     let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "[limits]\nrate_limit_burst = 0\n").unwrap();
+    // Only a newline ends a line here: under load a client can stall mid-line past the default
+    // flush_after (500 ms), which would log the piece on its own, restart or not.
+    std::fs::write(
+        &config,
+        "[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n",
+    )
+    .unwrap();
     let config = config.display().to_string();
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
