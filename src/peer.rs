@@ -14,7 +14,7 @@
 //! we read was the client's. If it is not, everything read is dropped.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 /// Who sent a message: fixed for the life of a connection.
@@ -80,19 +80,27 @@ impl Attribution {
             return Attribution::default();
         }
         match pidfd {
-            PeerPidfd::Held(pidfd) => {
-                let read = Attribution::read_proc(pid);
-                // Still running after the reads: the pid was the client's all along.
-                if running(&pidfd) {
-                    read
-                } else {
-                    Attribution::default()
-                }
-            }
+            PeerPidfd::Held(pidfd) => Attribution::read_checked(pid, pidfd.as_fd()),
             // Before Linux 6.5: the pid is all there is (README: "the remaining race").
             PeerPidfd::Unsupported => Attribution::read_proc(pid),
-            PeerPidfd::Gone => Attribution::default(),
+            PeerPidfd::Gone | PeerPidfd::Exhausted => Attribution::default(),
         }
+    }
+
+    /// Reads `/proc/PID` for the process behind `pidfd`, whose pid is `pid`: empty unless that
+    /// process is still running after the reads (then the pid was its own all along).
+    pub fn read_checked(pid: i32, pidfd: BorrowedFd<'_>) -> Attribution {
+        let read = Attribution::read_proc(pid);
+        if running(pidfd) {
+            read
+        } else {
+            Attribution::default()
+        }
+    }
+
+    /// Nothing was resolved.
+    pub fn is_empty(&self) -> bool {
+        *self == Attribution::default()
     }
 
     /// Reads `/proc/PID/comm` and `/proc/PID/cgroup`, with no check of who `pid` is now.
@@ -175,6 +183,8 @@ pub enum PeerPidfd {
     Unsupported,
     /// The client has already exited (or the socket has no peer process).
     Gone,
+    /// No descriptor was left for the pidfd (EMFILE, ENFILE).
+    Exhausted,
 }
 
 impl PeerPidfd {
@@ -194,6 +204,7 @@ impl PeerPidfd {
         if r < 0 {
             return match io::Error::last_os_error().raw_os_error() {
                 Some(libc::ENOPROTOOPT) => PeerPidfd::Unsupported,
+                Some(libc::EMFILE | libc::ENFILE) => PeerPidfd::Exhausted,
                 // ESRCH (EINVAL on some kernels): the client exited before we asked.
                 _ => PeerPidfd::Gone,
             };
@@ -208,7 +219,7 @@ impl PeerPidfd {
 
 /// Whether the process behind `pidfd` has not exited: a pidfd polls readable once it has
 /// (pidfd_open(2)), zombie or reaped, so an exited client counts as gone.
-fn running(pidfd: &OwnedFd) -> bool {
+fn running(pidfd: BorrowedFd<'_>) -> bool {
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,
@@ -217,6 +228,25 @@ fn running(pidfd: &OwnedFd) -> bool {
     // SAFETY: one valid pollfd, zero timeout.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     r == 0
+}
+
+/// Whether the process behind `pidfd` still holds its pid: it has not been reaped (a zombie
+/// still holds it). While it does, no other process can have that pid, so a later client with
+/// the same pid is this process. `pidfd_send_signal(2)` with signal 0 checks just that: ESRCH
+/// once the process is reaped; EPERM (a process of another user, for an unprivileged daemon)
+/// says it exists.
+pub fn holds_pid(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: signal 0 sends nothing; a null siginfo and zero flags are what the call expects.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The path of the unified (`0::`) hierarchy in `/proc/PID/cgroup`. A removed cgroup (the

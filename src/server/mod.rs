@@ -23,6 +23,7 @@ use state::{Context, Stats};
 use supervisor::{Control, Heartbeat, Supervisor, Watchdog};
 
 mod accept;
+pub mod attribution;
 pub mod connection;
 mod datagram;
 pub mod encode;
