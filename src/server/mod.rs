@@ -64,6 +64,9 @@ pub async fn run(
         budget,
         shutdown: shutdown.clone(),
         store: store.clone(),
+        attributions: Arc::new(attribution::Attributions::new(
+            crate::peer::sends_object_fields(),
+        )),
     };
 
     let inherited = listeners.inherited();
