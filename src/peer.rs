@@ -1,5 +1,5 @@
-//! Who the client is: its credentials ([`Peer`]), and beyond them its command and systemd unit,
-//! resolved once per connection.
+//! Who the client is: its credentials ([`Peer`]), and beyond them its command and systemd unit
+//! (kept per process by `server::attribution`).
 //!
 //! `CLIENT_UNIT`, `CLIENT_USER_UNIT`, `CLIENT_SLICE` and `CLIENT_CGROUP` come from the peer's
 //! cgroup (the unified `0::` line of `/proc/PID/cgroup`), parsed with the rules of systemd's
