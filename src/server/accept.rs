@@ -103,9 +103,12 @@ impl Accept {
                         }
                     }
                     Err(e) => {
-                        // Out of descriptors: the attribution cache's pidfds go first.
-                        if exhausted(&e) {
-                            self.ctx.attributions.give_way(std::time::Instant::now());
+                        // Out of descriptors: the attribution cache's pidfds go first, and
+                        // then the waiting client is accepted, not refused.
+                        if exhausted(&e)
+                            && self.ctx.attributions.give_way(std::time::Instant::now())
+                        {
+                            continue;
                         }
                         if reserve.refuse_one(&e, &listener) {
                             backoff.note(&e);

@@ -176,11 +176,14 @@ impl Attributions {
     }
 
     /// Descriptors ran out (EMFILE, ENFILE): closes every cached pidfd and caches nothing for
-    /// [`TTL`], so that the cache never holds descriptors the daemon's clients need.
-    pub fn give_way(&self, now: Instant) {
+    /// [`TTL`], so that the cache never holds descriptors the daemon's clients need. True if
+    /// that closed any.
+    pub fn give_way(&self, now: Instant) -> bool {
         let mut inner = self.lock();
+        let freed = !inner.entries.is_empty();
         inner.entries.clear();
         inner.paused_until = Some(now + TTL);
+        freed
     }
 
     /// Entries held now.

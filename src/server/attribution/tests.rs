@@ -160,8 +160,9 @@ fn the_cache_gives_way_when_descriptors_run_out() {
     let me = std::process::id();
     let now = Instant::now();
     cache.insert(me as i32, pidfd(me), fields("x"), now);
-    cache.give_way(now);
+    assert!(cache.give_way(now), "closed a pidfd");
     assert!(cache.is_empty());
+    assert!(!cache.give_way(now), "nothing more to close");
     let handed = cache.insert(me as i32, pidfd(me), fields("x"), now);
     assert_eq!(&*handed, b"CLIENT_COMM=x\n", "still handed out");
     assert!(cache.is_empty(), "but not cached");
