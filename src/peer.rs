@@ -218,8 +218,12 @@ impl PeerPidfd {
 }
 
 /// Whether the process behind `pidfd` has not exited: a pidfd polls readable once it has
-/// (pidfd_open(2)), zombie or reaped, so an exited client counts as gone.
-fn running(pidfd: BorrowedFd<'_>) -> bool {
+/// (pidfd_open(2)), zombie or reaped, so an exited client counts as gone. A running process
+/// holds its pid, and no other process can have that pid meanwhile: two pidfds of running
+/// processes with the same pid are one process (`server::attribution` relies on it). A `poll`,
+/// not `pidfd_send_signal(pidfd, 0)`, which `attribute-to-units.conf` forbids (root may not
+/// signal) and whose EPERM would then read as "alive".
+pub fn running(pidfd: BorrowedFd<'_>) -> bool {
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,
@@ -228,25 +232,6 @@ fn running(pidfd: BorrowedFd<'_>) -> bool {
     // SAFETY: one valid pollfd, zero timeout.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     r == 0
-}
-
-/// Whether the process behind `pidfd` still holds its pid: it has not been reaped (a zombie
-/// still holds it). While it does, no other process can have that pid, so a later client with
-/// the same pid is this process. `pidfd_send_signal(2)` with signal 0 checks just that: ESRCH
-/// once the process is reaped; EPERM (a process of another user, for an unprivileged daemon)
-/// says it exists.
-pub fn holds_pid(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: signal 0 sends nothing; a null siginfo and zero flags are what the call expects.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The path of the unified (`0::`) hierarchy in `/proc/PID/cgroup`. A removed cgroup (the

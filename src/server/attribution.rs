@@ -3,9 +3,12 @@
 //! datagrams) of one process to share.
 //!
 //! A pid is only a number, so each entry keeps a pidfd of the process it was read from. A later
-//! client with the same pid is that process if and only if the process still holds the pid — a
-//! process, even a zombie, holds its pid until it is reaped, and no other process can have it
-//! meanwhile — which [`peer::holds_pid`] asks of the kernel. Never by pid alone.
+//! client with the same pid is that process if the process is still running: a process holds
+//! its pid until it is reaped, and no other process can have it meanwhile. [`peer::running`]
+//! asks the kernel (a `poll` of the pidfd); never by pid alone. (Holding the pid lasts a little
+//! longer, while the process is a zombie, but what tells a zombie from a reaped process —
+//! `pidfd_send_signal(0)` — is forbidden by `attribute-to-units.conf`, and an exited process is
+//! not resolved afresh either.)
 //!
 //! Entries expire after [`TTL`]: a process can change its command (`prctl(PR_SET_NAME)`,
 //! `exec`) or be moved to another cgroup, and what the cache hands out is at most that old
@@ -104,11 +107,11 @@ impl Attributions {
     }
 
     /// A stream client's fields, `client` being its pidfd: the cached ones if the cached
-    /// process is the client — both still hold the pid, so they are one process — else read
-    /// now and cached with `client`.
+    /// process is the client — both are running with the same pid, so they are one process —
+    /// else read now and cached with `client`.
     fn of_pidfd(&self, pid: i32, client: OwnedFd, now: Instant) -> Option<Arc<[u8]>> {
         if let Some(fields) = self.lookup(pid, now)
-            && peer::holds_pid(client.as_fd())
+            && peer::running(client.as_fd())
         {
             return Some(fields);
         }
@@ -125,12 +128,12 @@ impl Attributions {
         (!who.is_empty()).then(|| encode_fields(who.fields(self.objects)))
     }
 
-    /// The cached fields for `pid`, if the entry is fresh and its process still holds `pid`.
-    /// A stale or dead entry is dropped, and with it its pidfd.
+    /// The cached fields for `pid`, if the entry is fresh and its process still runs (and so
+    /// holds `pid`). A stale or dead entry is dropped, and with it its pidfd.
     fn lookup(&self, pid: i32, now: Instant) -> Option<Arc<[u8]>> {
         let mut inner = self.lock();
         let entry = inner.entries.get(&pid)?;
-        if now.saturating_duration_since(entry.at) < TTL && peer::holds_pid(entry.pidfd.as_fd()) {
+        if now.saturating_duration_since(entry.at) < TTL && peer::running(entry.pidfd.as_fd()) {
             return Some(entry.fields.clone());
         }
         inner.entries.remove(&pid);

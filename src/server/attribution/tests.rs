@@ -54,11 +54,12 @@ fn connections_of_one_process_share_their_fields() {
     assert!(text.contains("OBJECT_COMM="), "with objects: {text}");
 }
 
-/// A cached process that has exited but is not reaped still holds its pid: the entry stands.
-/// Once it is reaped, the pid is free for another process, and the entry must not be handed
-/// out for it: the lookup misses and the entry is gone.
+/// Once the cached process has exited its pid can be freed (at reaping) and given to another
+/// process: the entry must not be handed out for it. Checked when the process has exited and
+/// not been reaped yet (a zombie: the last moment the entry could still be mistaken for it), and
+/// after it is reaped (when the pid is free).
 #[test]
-fn a_reaped_process_entry_is_never_reused() {
+fn an_exited_process_entry_is_never_reused() {
     let cache = Attributions::new(false);
     let mut child = sleeper();
     let pid = child.id();
@@ -71,17 +72,16 @@ fn a_reaped_process_entry_is_never_reused() {
         assert!(Instant::now() < deadline, "the child never became a zombie");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(
-        cache.lookup(pid as i32, now).is_some(),
-        "a zombie holds its pid"
-    );
+    assert!(cache.lookup(pid as i32, now).is_none(), "exited");
+    assert!(cache.is_empty(), "the entry dropped with its pidfd");
+    cache.insert(pid as i32, pidfd(pid), fields("sleep"), now);
     child.wait().unwrap();
     assert_eq!(state(pid), None, "reaped");
     assert!(
         cache.lookup(pid as i32, now).is_none(),
         "reaped: the pid is free"
     );
-    assert!(cache.is_empty(), "and the entry dropped with its pidfd");
+    assert!(cache.is_empty());
 }
 
 /// The stream path with a client that has exited: nothing is read, nothing is cached.
