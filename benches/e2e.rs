@@ -28,6 +28,10 @@
 //! Throughput is end to end: from the first write until journald's `__REALTIME_TIMESTAMP` of the
 //! last entry. Every run reads the journal back and fails the benchmark unless every line arrived
 //! exactly once and intact.
+//!
+//! Then app alone: memory per idle connection (attribution on and off), the connect/line/close
+//! rate of 20,000 clients in a row (on and off, against the stdout sink: [`churn`]) and startup.
+//! `--scenario 0` skips the throughput scenarios and measures only these.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -222,8 +226,9 @@ struct Outcome {
 }
 
 /// `--quick`: one round, a tenth of the lines. `--only app|app-unattributed|stream|native|
-/// native-full` (repeatable) and `--scenario N` (1-based) narrow the run down, for profiling one
-/// contender; `--rounds N` for more rounds than three.
+/// native-full` (repeatable) and `--scenario N` (1-based; 0: none, only idle, churn and
+/// startup) narrow the run down, for profiling one contender; `--rounds N` for more rounds
+/// than three.
 #[derive(Debug, Default)]
 struct Options {
     quick: bool,
@@ -419,6 +424,10 @@ fn bench(options: &Options) {
     println!();
     idle(if quick { 500 } else { 5000 }, "app");
     idle(if quick { 500 } else { 5000 }, "app-unattributed");
+    churn(
+        if quick { 5_000 } else { 20_000 },
+        if quick { 1 } else { 3 },
+    );
     startup(if quick { 5 } else { 20 });
 }
 
@@ -522,6 +531,15 @@ fn setup_namespace() {
         config.replace("[journal]\n", "[journal]\nattribution = \"off\"\n"),
     )
     .unwrap();
+    // The connect/line/close figures: app's own cost, without journald's.
+    let churn = "[journal]\nsink = \"stdout\"\n[limits]\nrate_limit_burst = 0\n\
+                 max_connections = 30000\n";
+    std::fs::write(format!("{WORK}/churn.toml"), churn).unwrap();
+    std::fs::write(
+        format!("{WORK}/churn-unattributed.toml"),
+        churn.replace("[journal]\n", "[journal]\nattribution = \"off\"\n"),
+    )
+    .unwrap();
     raise_nofile();
 }
 
@@ -617,7 +635,7 @@ fn start_journald() -> Proc {
 
 /// The daemon under test, on its own socket, with `{WORK}/{config}.toml`; returns once it is
 /// ready.
-fn start_app(socket: &Path, config: &str) -> (Proc, Duration) {
+fn start_app(socket: &Path, config: &str, stdout: Stdio) -> (Proc, Duration) {
     let _ = std::fs::remove_file(socket);
     let notify = Notify::new("app");
     let log = format!("{WORK}/app.log");
@@ -637,7 +655,7 @@ fn start_app(socket: &Path, config: &str) -> (Proc, Duration) {
         .env_remove("WATCHDOG_USEC")
         .env_remove(ROLE)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("starting app");
@@ -693,9 +711,12 @@ fn run(target: Target, scenario: &Scenario) -> Outcome {
     let journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/bench.sock"));
     let (server, address) = match target {
-        Target::App => (Some(start_app(&socket, "app").0), socket.clone()),
+        Target::App => (
+            Some(start_app(&socket, "app", Stdio::null()).0),
+            socket.clone(),
+        ),
         Target::AppUnattributed => (
-            Some(start_app(&socket, "app-unattributed").0),
+            Some(start_app(&socket, "app-unattributed", Stdio::null()).0),
             socket.clone(),
         ),
         Target::Native => (Some(start_relay(&socket, "bare")), socket.clone()),
@@ -935,7 +956,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 fn idle(n: usize, config: &str) {
     let journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/idle.sock"));
-    let (app, _) = start_app(&socket, config);
+    let (app, _) = start_app(&socket, config, Stdio::null());
     std::thread::sleep(Duration::from_millis(300));
     let before = (
         status_kib(app.pid(), "VmRSS"),
@@ -993,13 +1014,56 @@ fn count_entries() -> usize {
         .count()
 }
 
+/// Issue 16: `n` clients of one process, one after the other, each connecting, writing a line
+/// and closing, with attribution on and off (alternated, `runs` each, medians): what resolving
+/// the client costs a connection. The stdout sink, so that journald's cost per field (above)
+/// does not hide app's; timed until app has written every line.
+fn churn(n: usize, runs: usize) {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        off.push(churn_once(n, "churn-unattributed"));
+        on.push(churn_once(n, "churn"));
+    }
+    let rounds = |v: &[f64]| {
+        let v: Vec<String> = v.iter().map(|r| format!("{r:.0}")).collect();
+        v.join(" / ")
+    };
+    let (m_on, m_off) = (median(on.clone()), median(off.clone()));
+    println!(
+        "connect/line/close: {n} clients in a row, stdout sink: {m_on:.0}/s with attribution, \
+         {m_off:.0}/s without (on ÷ off {:.2}); round by round {} and {}",
+        m_on / m_off,
+        rounds(&on),
+        rounds(&off),
+    );
+}
+
+fn churn_once(n: usize, config: &str) -> f64 {
+    let socket = PathBuf::from(format!("{WORK}/churn.sock"));
+    let out = format!("{WORK}/churn.out");
+    let file = std::fs::File::create(&out).unwrap();
+    let (app, _) = start_app(&socket, config, Stdio::from(file));
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut c = UnixStream::connect(&socket).expect("connecting a client");
+        c.write_all(b"one line\n").unwrap();
+    }
+    wait(Duration::from_secs(60), "every client's line", || {
+        let written = std::fs::read(&out).unwrap_or_default();
+        memchr::memmem::find_iter(&written, b"> one line\n").count() >= n
+    });
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(app);
+    rate
+}
+
 /// exec → READY=1, and memory at rest.
 fn startup(runs: usize) {
     let _journald = start_journald();
     let socket = PathBuf::from(format!("{WORK}/start.sock"));
     let (mut ready, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (app, took) = start_app(&socket, "app");
+        let (app, took) = start_app(&socket, "app", Stdio::null());
         std::thread::sleep(Duration::from_millis(200));
         ready.push(took.as_secs_f64() * 1000.0);
         rss.push(status_kib(app.pid(), "VmRSS") as f64);

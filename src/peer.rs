@@ -1,5 +1,5 @@
-//! Who the client is: its credentials ([`Peer`]), and beyond them its command and systemd unit,
-//! resolved once per connection.
+//! Who the client is: its credentials ([`Peer`]), and beyond them its command and systemd unit
+//! (kept per process by `server::attribution`).
 //!
 //! `CLIENT_UNIT`, `CLIENT_USER_UNIT`, `CLIENT_SLICE` and `CLIENT_CGROUP` come from the peer's
 //! cgroup (the unified `0::` line of `/proc/PID/cgroup`), parsed with the rules of systemd's
@@ -14,7 +14,7 @@
 //! we read was the client's. If it is not, everything read is dropped.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 /// Who sent a message: fixed for the life of a connection.
@@ -80,19 +80,27 @@ impl Attribution {
             return Attribution::default();
         }
         match pidfd {
-            PeerPidfd::Held(pidfd) => {
-                let read = Attribution::read_proc(pid);
-                // Still running after the reads: the pid was the client's all along.
-                if running(&pidfd) {
-                    read
-                } else {
-                    Attribution::default()
-                }
-            }
+            PeerPidfd::Held(pidfd) => Attribution::read_checked(pid, pidfd.as_fd()),
             // Before Linux 6.5: the pid is all there is (README: "the remaining race").
             PeerPidfd::Unsupported => Attribution::read_proc(pid),
-            PeerPidfd::Gone => Attribution::default(),
+            PeerPidfd::Gone | PeerPidfd::Exhausted => Attribution::default(),
         }
+    }
+
+    /// Reads `/proc/PID` for the process behind `pidfd`, whose pid is `pid`: empty unless that
+    /// process is still running after the reads (then the pid was its own all along).
+    pub fn read_checked(pid: i32, pidfd: BorrowedFd<'_>) -> Attribution {
+        let read = Attribution::read_proc(pid);
+        if running(pidfd) {
+            read
+        } else {
+            Attribution::default()
+        }
+    }
+
+    /// Nothing was resolved.
+    pub fn is_empty(&self) -> bool {
+        *self == Attribution::default()
     }
 
     /// Reads `/proc/PID/comm` and `/proc/PID/cgroup`, with no check of who `pid` is now.
@@ -175,6 +183,8 @@ pub enum PeerPidfd {
     Unsupported,
     /// The client has already exited (or the socket has no peer process).
     Gone,
+    /// No descriptor was left for the pidfd (EMFILE, ENFILE).
+    Exhausted,
 }
 
 impl PeerPidfd {
@@ -194,6 +204,7 @@ impl PeerPidfd {
         if r < 0 {
             return match io::Error::last_os_error().raw_os_error() {
                 Some(libc::ENOPROTOOPT) => PeerPidfd::Unsupported,
+                Some(libc::EMFILE | libc::ENFILE) => PeerPidfd::Exhausted,
                 // ESRCH (EINVAL on some kernels): the client exited before we asked.
                 _ => PeerPidfd::Gone,
             };
@@ -207,8 +218,12 @@ impl PeerPidfd {
 }
 
 /// Whether the process behind `pidfd` has not exited: a pidfd polls readable once it has
-/// (pidfd_open(2)), zombie or reaped, so an exited client counts as gone.
-fn running(pidfd: &OwnedFd) -> bool {
+/// (pidfd_open(2)), zombie or reaped, so an exited client counts as gone. A running process
+/// holds its pid, and no other process can have that pid meanwhile: two pidfds of running
+/// processes with the same pid are one process (`server::attribution` relies on it). A `poll`,
+/// not `pidfd_send_signal(pidfd, 0)`, which `attribute-to-units.conf` forbids (root may not
+/// signal) and whose EPERM would then read as "alive".
+pub fn running(pidfd: BorrowedFd<'_>) -> bool {
     let mut p = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::peer::Peer;
@@ -126,8 +127,9 @@ pub struct Encoder {
     target: Target,
     /// `CLIENT_*` (and `SOCKET=`) fields in native format, or the stdout line's client part.
     client: Vec<u8>,
-    /// Where in `client` the fields added after connect ([`Encoder::add_fields`]) begin.
-    base: u32,
+    /// The fields added after connect (the client's unit and command), in native format:
+    /// shared, not copied, by the connections of one process (`server::attribution`).
+    added: Option<Arc<[u8]>>,
 }
 
 impl Encoder {
@@ -169,11 +171,10 @@ impl Encoder {
         }
         // Kept for the life of the connection: no spare capacity.
         client.shrink_to_fit();
-        let base = client.len() as u32;
         Encoder {
             target,
             client,
-            base,
+            added: None,
         }
     }
 
@@ -186,17 +187,29 @@ impl Encoder {
     /// [`crate::peer`]) to every journal entry; the stdout line stays as it is.
     pub fn add_fields<'f>(&mut self, fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>) {
         if self.target == Target::Journal {
+            let mut encoded = Vec::new();
             for (name, value) in fields {
-                push_field(&mut self.client, name, value);
+                push_field(&mut encoded, name, value);
             }
-            self.client.shrink_to_fit();
+            self.append(&encoded);
         }
     }
 
-    /// The fields added with [`Encoder::add_fields`], in native format: what a connection
-    /// handed to the next process takes along (`add_encoded` there).
+    /// Adds fields already encoded (whole native-format fields, as [`encode_fields`] makes
+    /// them), kept by reference: every connection of one client shares one copy.
+    pub fn add_shared(&mut self, fields: Arc<[u8]>) {
+        if self.target == Target::Journal && !fields.is_empty() {
+            match &self.added {
+                None => self.added = Some(fields),
+                Some(_) => self.append(&fields),
+            }
+        }
+    }
+
+    /// The fields added with [`Encoder::add_fields`] or [`Encoder::add_shared`], in native
+    /// format: what a connection handed to the next process takes along (`add_encoded` there).
     pub fn added_fields(&self) -> &[u8] {
-        &self.client[self.base as usize..]
+        self.added.as_deref().unwrap_or_default()
     }
 
     /// Adds fields [`Encoder::added_fields`] gave, as they are. Ignored unless they are whole
@@ -204,9 +217,17 @@ impl Encoder {
     /// record cannot break the entries.
     pub fn add_encoded(&mut self, fields: &[u8]) {
         if self.target == Target::Journal && native_fields_are_whole(fields) {
-            self.client.extend_from_slice(fields);
-            self.client.shrink_to_fit();
+            self.append(fields);
         }
+    }
+
+    /// `fields` after those added so far, in an allocation of their own.
+    fn append(&mut self, fields: &[u8]) {
+        if fields.is_empty() {
+            return;
+        }
+        let joined = [self.added_fields(), fields].concat();
+        self.added = Some(Arc::from(joined));
     }
 
     /// Appends one entry to `batch`.
@@ -246,6 +267,7 @@ impl Encoder {
                     push_field(out, b"LINE_BREAK", why.as_bytes());
                 }
                 out.extend_from_slice(&self.client);
+                out.extend_from_slice(self.added_fields());
             }
             Target::Stdout => {
                 let now = humantime::format_rfc3339_millis(SystemTime::now());
@@ -292,6 +314,15 @@ pub fn notice(target: Target, identifier: &str, priority: u8, message: &str, abo
     }
     batch.ends.push(out.len());
     batch
+}
+
+/// `fields` in native format, in one allocation that connections can share.
+pub fn encode_fields<'f>(fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>) -> Arc<[u8]> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        push_field(&mut out, name, value);
+    }
+    Arc::from(out)
 }
 
 /// Appends `NAME=value\n`, or the length-prefixed form when the value holds a newline (exactly

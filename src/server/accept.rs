@@ -45,11 +45,12 @@ pub fn raise_fd_limit(max_connections: usize) {
     } else {
         soft
     };
-    // Each client is one descriptor; leave room for listeners, the journal socket and the runtime.
-    let needed = max_connections as u64 + 64;
+    // Each client is one descriptor; leave room for listeners, the journal socket, the runtime
+    // and the attribution cache's pidfds.
+    let needed = max_connections as u64 + 64 + super::attribution::CAPACITY as u64;
     if now < needed {
         tracing::warn!(
-            "open-file limit {now} is below limits.max_connections + 64 = {needed}: \
+            "open-file limit {now} is below limits.max_connections + 320 = {needed}: \
              accepting may fail with EMFILE before the connection limit is reached \
              (raise LimitNOFILE= in the unit)"
         );
@@ -101,8 +102,20 @@ impl Accept {
                             Accepted::Tcp(s) => self.tcp_connection(s),
                         }
                     }
-                    Err(e) if reserve.refuse_one(&e, &listener) => backoff.note(&e),
-                    Err(e) => backoff.wait(&e).await,
+                    Err(e) => {
+                        // Out of descriptors: the attribution cache's pidfds go first, and
+                        // then the waiting client is accepted, not refused.
+                        if exhausted(&e)
+                            && self.ctx.attributions.give_way(std::time::Instant::now())
+                        {
+                            continue;
+                        }
+                        if reserve.refuse_one(&e, &listener) {
+                            backoff.note(&e);
+                        } else {
+                            backoff.wait(&e).await;
+                        }
+                    }
                 },
             }
         }
@@ -219,11 +232,7 @@ impl Reserve {
     /// At descriptor exhaustion, refuses one waiting client with a reason; false if `e` is not
     /// exhaustion or there was no reserve to spend.
     pub(super) fn refuse_one(&mut self, e: &io::Error, listener: &Incoming) -> bool {
-        let exhausted = matches!(
-            rustix::io::Errno::from_io_error(e),
-            Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
-        );
-        if !exhausted {
+        if !exhausted(e) {
             return false;
         }
         if self.0.take().is_none() {
@@ -240,6 +249,14 @@ impl Reserve {
         *self = Reserve::open();
         true
     }
+}
+
+/// EMFILE or ENFILE: no descriptor left, for this process or the system.
+fn exhausted(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
 }
 
 pub(super) async fn accept(listener: &Incoming) -> io::Result<Accepted> {

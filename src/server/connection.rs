@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use crate::config::{self, Settings};
 use crate::journal::entry::Encoder;
 use crate::journal::{self, Batch};
-use crate::peer::Attribution;
 use crate::peer::Peer;
 use crate::protocol::{Framer, LineBreak};
 use crate::ratelimit::{Admission, Key};
@@ -99,17 +98,23 @@ impl Stream {
     }
 }
 
-/// Who the client is beyond its credentials (`journal.attribution`), resolved once per
-/// connection, when its first bytes arrive (for nearly every client, right after the accept):
-/// about 30 µs of /proc reads, which a connection that never writes does not cost. Done in
-/// place: a blocking-pool hop cost more than it saved, and under a storm of connections its
-/// queue held connection slots that the clients had already left (measured, issue 16).
-fn attribute(stream: &Stream, peer: &Peer, settings: &Settings) -> Attribution {
+/// Who the client is beyond its credentials (`journal.attribution`), as encoded fields, resolved
+/// once per connection, when its first bytes arrive (for nearly every client, right after the
+/// accept), and then only if the process is not in the cache already (`server::attribution`):
+/// a miss costs about 20 µs of /proc reads, which a connection that never writes does not cost.
+/// Done in place: a blocking-pool hop cost more than it saved, and under a storm of connections
+/// its queue held connection slots that the clients had already left (measured, issue 16).
+fn attribute(
+    stream: &Stream,
+    peer: &Peer,
+    ctx: &Context,
+    settings: &Settings,
+) -> Option<Arc<[u8]>> {
     match (stream, peer, settings.journal.attribution) {
         (Stream::Unix(s), Peer::Unix { pid: Some(pid), .. }, config::Attribution::Auto) => {
-            Attribution::of_peer(std::os::fd::AsFd::as_fd(s), *pid)
+            ctx.attributions.of_peer(s.as_fd(), *pid)
         }
-        _ => Attribution::default(),
+        _ => None,
     }
 }
 
@@ -248,9 +253,9 @@ pub async fn serve(
                     }
                     if !attributed {
                         attributed = true;
-                        let who = attribute(&stream, &peer, &settings);
-                        let objects = crate::peer::sends_object_fields();
-                        conn.encoder.add_fields(who.fields(objects));
+                        if let Some(fields) = attribute(&stream, &peer, &ctx, &settings) {
+                            conn.encoder.add_shared(fields);
+                        }
                     }
                     Box::pin(conn.process(&buf[..n], &settings)).await;
                     // No connection may hold the runtime: a client that keeps its socket full

@@ -20,7 +20,7 @@ use tokio::net::UnixDatagram;
 use super::state::Context;
 use crate::journal::entry::Encoder;
 use crate::journal::{self, Batch};
-use crate::peer::{Attribution, Peer, PeerPidfd};
+use crate::peer::Peer;
 use crate::protocol;
 use crate::ratelimit::Key;
 use crate::server::connection;
@@ -164,15 +164,16 @@ impl Datagrams {
             id,
             self.socket_name.as_deref(),
         );
-        // The sender's unit and command, as for a stream client; a datagram has no connection
-        // to hold a pidfd of, so its pid is read as the datagram is handled (README "Journal
-        // fields" says what that leaves open). Not for a datagram dropped whole.
+        // The sender's unit and command, as for a stream client, from the same cache; a
+        // datagram brings no pidfd, so a miss reads whoever has its pid as the datagram is
+        // handled (README "Journal fields" says what that leaves open). Not for a datagram
+        // dropped whole.
         if left > 0
             && settings.journal.attribution == crate::config::Attribution::Auto
             && let Peer::Unix { pid: Some(pid), .. } = peer
+            && let Some(fields) = self.ctx.attributions.of_sender(*pid)
         {
-            let who = Attribution::resolve(*pid, PeerPidfd::Unsupported);
-            encoder.add_fields(who.fields(crate::peer::sends_object_fields()));
+            encoder.add_shared(fields);
         }
         let mut line = LineState::new(settings);
         let before = batch.len();

@@ -23,6 +23,7 @@ use state::{Context, Stats};
 use supervisor::{Control, Heartbeat, Supervisor, Watchdog};
 
 mod accept;
+pub mod attribution;
 pub mod connection;
 mod datagram;
 pub mod encode;
@@ -68,6 +69,9 @@ pub async fn run(
         budget,
         shutdown: shutdown.clone(),
         store: store.clone(),
+        attributions: Arc::new(attribution::Attributions::new(
+            crate::peer::sends_object_fields(),
+        )),
     };
 
     let inherited = listeners.inherited();

@@ -100,4 +100,6 @@ pub struct Context {
     /// systemd's fd store, when the unit has one: connections are handed over at shutdown
     /// instead of drained, and long-lived ones kept there while they live.
     pub store: Option<Arc<super::handover::Store>>,
+    /// Clients' units and commands, resolved once per process (`journal.attribution`).
+    pub attributions: Arc<super::attribution::Attributions>,
 }

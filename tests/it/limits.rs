@@ -527,3 +527,64 @@ fn buffered_memory_is_bounded_while_the_journal_is_frozen_journald() {
         "{stderr}"
     );
 }
+
+/// The attribution cache holds a pidfd per client process; at descriptor exhaustion it must give
+/// them up rather than cost clients their service. 30 client processes, each connected with a
+/// line written and staying: 30 connections fit under a limit of 48 descriptors, 30 connections
+/// and 30 cached pidfds do not.
+#[test]
+fn the_attribution_cache_gives_way_to_clients_at_descriptor_exhaustion() {
+    let dir = temp_dir();
+    let socket = dir.path().join("app.sock");
+    let child = Command::new("prlimit")
+        .die_with_test()
+        .args([
+            "--nofile=48:48",
+            "--",
+            APP,
+            "serve",
+            "--sink",
+            "stdout",
+            "--socket",
+        ])
+        .arg(&socket)
+        .env_clear()
+        .env("APP_LIMITS__RATE_LIMIT_BURST", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(10 * SEC, "the socket", || socket.exists().then_some(()));
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let mut socat = Command::new("socat")
+            .die_with_test()
+            .args(["-u", "-", &format!("UNIX-CONNECT:{}", socket.display())])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = socat.stdin.take().unwrap();
+        stdin.write_all(format!("client {i}\n").as_bytes()).unwrap();
+        // Read, resolved and cached while the client lives.
+        std::thread::sleep(Duration::from_millis(30));
+        clients.push((socat, stdin));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    for (mut socat, stdin) in clients {
+        drop(stdin);
+        let _ = socat.kill();
+        let _ = socat.wait();
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for i in 0..30 {
+        assert!(
+            stdout.contains(&format!("> client {i}\n")),
+            "client {i} was not served:\n{stdout}\n{stderr}"
+        );
+    }
+}

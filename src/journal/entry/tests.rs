@@ -117,3 +117,34 @@ fn added_fields_carry_over_whole_or_not_at_all() {
         assert!(c.added_fields().is_empty(), "{damaged:?}");
     }
 }
+
+/// Issue 16 follow-up: the attribution fields of one client are shared by its connections, not
+/// copied into each, and come out in every entry after the connection's own fields.
+#[test]
+fn shared_fields_are_shared_and_encoded() {
+    let peer = Peer::Unix {
+        pid: Some(7),
+        uid: 1,
+        gid: 2,
+    };
+    let fields = encode_fields([(&b"CLIENT_COMM"[..], &b"sh"[..])]);
+    let mut a = Encoder::new(Target::Journal, &peer, 3, None);
+    let mut b = Encoder::new(Target::Journal, &peer, 4, None);
+    a.add_shared(fields.clone());
+    b.add_shared(fields.clone());
+    assert!(std::ptr::eq(a.added_fields(), b.added_fields()));
+    assert_eq!(a.added_fields(), b"CLIENT_COMM=sh\n");
+    let mut batch = Batch::default();
+    a.encode(&record(b"hi"), &mut batch);
+    let entry = parse_native(batch.entries().next().unwrap()).unwrap();
+    let names: Vec<&str> = entry.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.last(), Some(&"CLIENT_COMM"));
+    assert_eq!(
+        names.iter().filter(|&&n| n == "CLIENT_CONNECTION").count(),
+        1
+    );
+    // The stdout line carries no journal fields.
+    let mut s = Encoder::new(Target::Stdout, &peer, 3, None);
+    s.add_shared(fields);
+    assert!(s.added_fields().is_empty());
+}

@@ -38,6 +38,7 @@ fn context() -> Context {
         limiter: Default::default(),
         shutdown: CancellationToken::new(),
         store: None,
+        attributions: Arc::new(crate::server::attribution::Attributions::new(false)),
     }
 }
 
