@@ -15,18 +15,20 @@ rootfs() {
 }
 
 # container_init NAME CONSOLE_LOG: waits for the PID 1 of the container booted with hostname
-# NAME (a process named systemd whose root holds that hostname and whose mount namespace is not
-# ours) and sets INIT_PID to it. Every check runs commands as root through nsenter: this makes
+# NAME (the first process named systemd whose root holds that hostname and whose mount namespace
+# is not ours: PID 1 forks short-lived children that carry its name until they exec) and sets
+# INIT_PID to it. Every check runs commands as root through nsenter: this makes
 # sure they land in the container, never on the machine running the test. Exits (FAIL, with the
 # container's console) if none appears within 10 s.
 container_init() {
     local name=$1 console=$2 p
     INIT_PID=
     for _ in $(seq 100); do
-        for p in $(pgrep -x systemd || true); do
+        for p in $(pgrep -x systemd | sort -n || true); do
             if [ "$(cat "/proc/$p/root/etc/hostname" 2>/dev/null)" = "$name" ] \
                 && [ "$(readlink "/proc/$p/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]; then
                 INIT_PID=$p
+                break
             fi
         done
         [ -n "$INIT_PID" ] && return 0
