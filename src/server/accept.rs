@@ -47,7 +47,7 @@ pub fn raise_fd_limit(max_connections: usize) {
     };
     // Each client is one descriptor; leave room for listeners, the journal socket, the runtime
     // and the attribution cache's pidfds.
-    let needed = max_connections as u64 + 64 + super::attribution::CAPACITY as u64;
+    let needed = (max_connections as u64).saturating_add(64 + super::attribution::CAPACITY as u64);
     if now < needed {
         tracing::warn!(
             "open-file limit {now} is below limits.max_connections + 320 = {needed}: \

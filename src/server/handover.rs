@@ -25,6 +25,12 @@ pub const STORE_AFTER: Duration = Duration::from_secs(1);
 /// How often connections that came of age are looked for.
 const STORE_EVERY: Duration = Duration::from_millis(250);
 
+/// The JSON part of a state record is at most this long, and names at most this many
+/// connections (an fd store holds 4224 fds, journald's own figure; a record names only
+/// connections it holds).
+const MAX_JSON: u64 = 16 << 20;
+const MAX_CONNECTIONS: usize = 65_536;
+
 /// A state record larger than this is not read (4096 connections with a 48 KiB line each
 /// pending stay well below).
 const MAX_RECORD: u64 = 1 << 30;
@@ -82,7 +88,9 @@ impl StateRecord {
     pub fn decode(
         body: &(impl RecordBody + ?Sized),
     ) -> Result<(StateRecord, HashMap<u64, Resume>), String> {
-        // The JSON part ends at the first newline (serde_json escapes those in strings).
+        // The JSON part ends at the first newline (serde_json escapes those in strings). A few
+        // hundred bytes per connection: a damaged record claiming more is refused before it is
+        // parsed (parsing costs a few times its size).
         const CHUNK: usize = 64 * 1024;
         let total = body.size();
         let mut json = Vec::new();
@@ -90,6 +98,11 @@ impl StateRecord {
             let at = json.len() as u64;
             if at >= total {
                 return Err("no end of the JSON part".to_owned());
+            }
+            if at >= MAX_JSON {
+                return Err(format!(
+                    "no end of the JSON part in its first {MAX_JSON} bytes"
+                ));
             }
             let n = CHUNK.min((total - at) as usize);
             json.extend_from_slice(&body.read_at(at, n)?);
@@ -100,6 +113,12 @@ impl StateRecord {
         let record: StateRecord =
             serde_json::from_slice(&json[..end]).map_err(|e| format!("JSON: {e}"))?;
         drop(json);
+        if record.connections.len() > MAX_CONNECTIONS {
+            return Err(format!(
+                "{} connections, more than the {MAX_CONNECTIONS} a record can have",
+                record.connections.len()
+            ));
+        }
         let mut offset = end as u64 + 1;
         let mut by_id = HashMap::new();
         let mut take = |n: usize, id: u64| {
@@ -262,12 +281,21 @@ impl Store {
 
     /// Stores every connection older than `age` that is not in the store yet; returns false
     /// if PID 1's queue was full before the last one.
+    ///
+    /// One slot of the store stays free for the state record: a store filled with connections
+    /// would refuse the record at the handover, and every connection's partial line with it.
     pub fn store_long_lived(&self, age: Duration) -> bool {
         let now = Instant::now();
         let mut live = self.live();
+        let room = self.fdstore.max().saturating_sub(1);
+        let mut stored = live.values().filter(|l| l.stored).count() as u64;
         for (id, l) in live.iter_mut() {
             if l.stored || now.duration_since(l.since) < age {
                 continue;
+            }
+            if stored >= room {
+                // check_room warned at start; these go in at the handover, after the record.
+                break;
             }
             // SAFETY: the connection unregisters (under this lock) before its socket closes.
             let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
@@ -275,7 +303,10 @@ impl Store {
             // fit in its queue now goes a moment later (`keep_storing`).
             let name = fdstore::connection_name(*id);
             match self.fdstore.store(&name, fd, false) {
-                Ok(()) => l.stored = true,
+                Ok(()) => {
+                    l.stored = true;
+                    stored += 1;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     tracing::warn!("fd store: storing connection {id}: {e}");

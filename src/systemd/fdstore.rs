@@ -83,7 +83,7 @@ impl FdStore {
                  closed; raise both FileDescriptorStoreMax= and FDSTORE= to at least {}",
                 self.max,
                 self.max - 1,
-                max_connections + 1
+                max_connections.saturating_add(1)
             );
         }
     }

@@ -54,6 +54,9 @@ struct Shared {
     /// Messages that broke the protocol (FDSTORE=1 without FDNAME, without FDPOLL=0, a name
     /// with `:`), for the test to fail on.
     errors: Vec<String>,
+    /// `FileDescriptorStoreMax=`, when a test plays it: systemd 252's `service_add_fd_store`
+    /// refuses (EXFULL, "Hit fd store limit") every fd past it, before its duplicate check.
+    max: Option<usize>,
 }
 
 /// systemd, as far as the fd store goes.
@@ -89,6 +92,7 @@ impl FdStoreManager {
             synced: 0,
             synced_asked: 0,
             errors: Vec::new(),
+            max: None,
         }));
         let (ready_tx, ready_rx) = mpsc::channel();
         {
@@ -324,6 +328,11 @@ impl FdStoreManager {
         });
     }
 
+    /// Plays `FileDescriptorStoreMax=n`: fds past `n` are refused, as systemd 252 does.
+    pub fn set_store_max(&self, n: usize) {
+        self.shared.lock().unwrap().max = Some(n);
+    }
+
     /// Names in the store now, oldest first.
     pub fn stored_names(&self) -> Vec<String> {
         let shared = self.shared.lock().unwrap();
@@ -450,6 +459,10 @@ fn receive(socket: UnixDatagram, shared: Arc<Mutex<Shared>>, ready: mpsc::Sender
                     .push(format!("FDSTORE=1 without FDPOLL=0: {text:?}"));
             }
             for fd in fds {
+                if shared.max.is_some_and(|max| shared.store.len() >= max) {
+                    shared.errors.push(format!("store full, refused: {name}"));
+                    continue;
+                }
                 // systemd's same_fd(): a copy of an fd already stored is dropped.
                 let st = rustix::fs::fstat(&fd).unwrap();
                 if shared.inodes.insert((st.st_dev, st.st_ino)) {

@@ -189,3 +189,152 @@ fn handing_over_192_mib_of_partial_lines_stays_under_memory_max() {
         serving >> 10
     );
 }
+
+/// Four long-lived clients, each with a partial line pending, a store of `max` fds, a restart,
+/// then each client ends its line. Returns the lines the second instance logged whole, the
+/// harness's refusals and the daemon's stderr.
+fn restart_with_store_of(max: usize) -> (Vec<String>, Vec<String>, String) {
+    let mut manager = FdStoreManager::new();
+    manager.set_store_max(max);
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "[protocol]\nflush_after = \"0s\"\n").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve", "--sink", "stdout"];
+    let fdstore = max.to_string();
+    let env = [("FDSTORE", fdstore.as_str())];
+    manager.start(APP, &argv, &env);
+    let mut clients: Vec<UnixStream> = (1..=4)
+        .map(|i| {
+            let mut c = UnixStream::connect(&manager.socket).unwrap();
+            c.write_all(format!("part{i}").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    // Long-lived: each goes into the store while it lives (STORE_AFTER = 1 s).
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(manager.stop().success());
+    manager.start(APP, &argv, &env);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let _ = c.write_all(format!("-end{}\n", i + 1).as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let stderr = manager.stderr();
+    assert!(manager.stop().success());
+    let out = String::from_utf8_lossy(&manager.stdout()).into_owned();
+    let whole = (1..=4)
+        .map(|i| format!("part{i}-end{i}"))
+        .filter(|l| out.contains(l.as_str()))
+        .collect();
+    drop(clients);
+    (whole, manager.errors(), stderr)
+}
+
+/// Control: a store with room for the four connections and the record carries every
+/// partial line across the restart.
+#[test]
+fn a_roomy_store_carries_every_partial_line() {
+    let (whole, refused, _) = restart_with_store_of(5);
+    assert_eq!(
+        whole.len(),
+        4,
+        "whole lines: {whole:?}; refused: {refused:?}"
+    );
+}
+
+/// A store one slot short (`FDSTORE=4`: 3 connections and the record; 4 clients): connections
+/// stored while they live never take the last slot, so at the handover the record gets it and
+/// the connections that are in the store go on with their partial lines; systemd refuses the
+/// newest connection only. (Before: the store filled with connections, the record was refused
+/// and every partial line was lost.)
+#[test]
+fn a_store_full_of_connections_keeps_a_slot_for_the_state_record() {
+    let (whole, refused, stderr) = restart_with_store_of(4);
+    eprintln!("refused by the store: {refused:?}");
+    eprintln!("whole lines after the restart: {whole:?}");
+    assert!(
+        whole.len() >= 3,
+        "with FDSTORE=4 (3 connections + the record) only {} of 4 partial lines survived the \
+         restart: {whole:?}; the store refused {refused:?}; daemon stderr:\n{stderr}",
+        whole.len()
+    );
+}
+
+/// A state record as `StateRecord::encode` writes it, for `n` connections with nothing
+/// pending, in minimal JSON (missing `Option`s are `None`).
+fn many_connections_record(n: u64) -> Vec<u8> {
+    let mut out = b"app fd-store state v1\n".to_vec();
+    out.extend_from_slice(b"{\"next_connection\":1,\"connections\":[");
+    for id in 1..=n {
+        if id > 1 {
+            out.push(b',');
+        }
+        write!(
+            out,
+            "{{\"id\":{id},\"framer\":{{\"continuing\":false,\"header_stash\":false,\
+             \"record\":false,\"after_record\":false,\"syslog_client\":false}},\"pending\":0,\
+             \"line\":{{\"priority\":6}},\"attributed\":false,\"fields\":0}}"
+        )
+        .unwrap();
+    }
+    out.extend_from_slice(b"]}\n");
+    out
+}
+
+/// Every size in a state record is checked before anything is allocated, and the JSON part is
+/// bounded too (16 MiB, 65,536 connections): a damaged record naming 700,000 connections (~120
+/// MiB) is refused before it is parsed, so the next instance stays far from MemoryMax=512M.
+/// (Before: parsed and cloned, 545 MiB RSS.)
+#[test]
+fn a_record_naming_too_many_connections_is_refused_before_it_is_parsed() {
+    let mut manager = FdStoreManager::new();
+    let config = manager.dir().join("app.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let argv = ["--config", &config, "serve", "--sink", "stdout"];
+    manager.start(APP, &argv, &[]);
+    let base = peak_rss_kib(manager.child.as_ref().unwrap().id());
+    assert!(manager.stop().success());
+    let data = many_connections_record(700_000);
+    let record_mib = data.len() as u64 >> 20;
+    manager.inject("app-state", sealed(&data), true);
+    drop(data);
+    manager.start(APP, &argv, &[]);
+    let peak = peak_rss_kib(manager.child.as_ref().unwrap().id());
+    assert!(manager.stop().success());
+    eprintln!(
+        "record {record_mib} MiB: peak RSS {} MiB picking it up (without: {} MiB)",
+        peak >> 10,
+        base >> 10
+    );
+    assert!(
+        (peak >> 10) + record_mib < 512,
+        "a {record_mib} MiB record peaks at {} MiB RSS (+{record_mib} MiB memfd): over \
+         MemoryMax=512M",
+        peak >> 10
+    );
+}
+
+/// `limits.max_connections` has no upper bound (`APP_LIMITS__MAX_CONNECTIONS` takes any usize):
+/// the open-file check adds to it without overflowing (a debug build panicked at start).
+#[test]
+fn a_huge_max_connections_does_not_panic_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("app.toml");
+    std::fs::write(&config, "").unwrap();
+    let socket = dir.path().join("app.sock");
+    let mut child = std::process::Command::new(APP)
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--sink", "stdout", "--socket"])
+        .arg(&socket)
+        .env_clear()
+        .env("APP_LIMITS__MAX_CONNECTIONS", u64::MAX.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
