@@ -88,9 +88,7 @@ struct Round {
 /// One instance, 1,000 clients, one restart.
 fn round(kind: Kind) -> Round {
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "[limits]\nrate_limit_burst = 0\n").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("[limits]\nrate_limit_burst = 0\n");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
 

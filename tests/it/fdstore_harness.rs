@@ -127,6 +127,14 @@ impl FdStoreManager {
         self.dir.path()
     }
 
+    /// Writes `toml` as the daemon's configuration file in [`FdStoreManager::dir`]; its path,
+    /// for `--config`.
+    pub fn config(&self, toml: &str) -> String {
+        let path = self.dir().join("app.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.display().to_string()
+    }
+
     /// Starts an instance as systemd would: `argv` after the binary, the listener and the
     /// store in `LISTEN_FDS`, `NOTIFY_SOCKET`, `FDSTORE=4224` (what the unit sets); waits for
     /// `READY=1` and returns when it came.

@@ -115,16 +115,11 @@ pub(crate) fn client(
 fn restarts_hand_every_connection_over_and_lose_no_line() {
     raise_nofile(4096);
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
     // Every client is this test's uid: one rate-limit budget would not do for all of them.
     // Only a newline ends a line here: under load a client can stall mid-line past the default
     // flush_after (500 ms), which would log the piece on its own, restart or not.
-    std::fs::write(
-        &config,
-        "[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config =
+        manager.config("[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
 
@@ -301,9 +296,7 @@ fn a_bad_state_record_and_stale_entries_are_logged_and_ignored() {
         ("foreign", b"{\"some\": \"other program\"}\n".to_vec()),
     ] {
         let mut manager = FdStoreManager::new();
-        let config = manager.dir().join("app.toml");
-        std::fs::write(&config, "").unwrap();
-        let config = config.display().to_string();
+        let config = manager.config("");
         let argv = ["--config", &config, "serve", "--sink", "stdout"];
         manager.start(APP, &argv, &[]);
         let mut stays = UnixStream::connect(&manager.socket).unwrap();
@@ -401,9 +394,7 @@ fn a_carried_client_keeps_its_fields_journald() {
     let journald = crate::support::Journald::start();
     let id = crate::support::identifier("handover-fields");
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("");
     let argv = ["--config", &config, "serve"];
     let target = journald.pid().to_string();
     let prefix = ["nsenter", "--target", &target, "--mount", "--"];

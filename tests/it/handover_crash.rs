@@ -22,15 +22,10 @@ use crate::support::{APP, raise_nofile};
 fn a_crash_drops_no_long_lived_client() {
     raise_nofile(4096);
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
     // Only a newline ends a line here: under load a client can stall mid-line past the default
     // flush_after (500 ms), which would log the piece on its own, restart or not.
-    std::fs::write(
-        &config,
-        "[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config =
+        manager.config("[protocol]\nflush_after = \"0s\"\n[limits]\nrate_limit_burst = 0\n");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
 
@@ -150,9 +145,7 @@ fn after_a_crash_a_connection_keeps_its_socket_name_journald() {
     let id = crate::support::identifier("handover-socket");
     let mut manager = FdStoreManager::new();
     let second = manager.add_listener("second.sock", "second");
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("");
     let argv = ["--config", &config, "serve"];
     let target = journald.pid().to_string();
     let prefix = ["nsenter", "--target", &target, "--mount", "--"];
@@ -187,13 +180,8 @@ fn a_connection_stuck_behind_a_stalled_journal_stays_in_the_store_journald() {
     let journald = crate::support::Journald::start();
     let id = crate::support::identifier("handover-stuck");
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(
-        &config,
-        "[service]\nshutdown_timeout = \"1s\"\n[limits]\nrate_limit_burst = 0\n",
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let config =
+        manager.config("[service]\nshutdown_timeout = \"1s\"\n[limits]\nrate_limit_burst = 0\n");
     let argv = ["--config", &config, "serve"];
     let target = journald.pid().to_string();
     let prefix = ["nsenter", "--target", &target, "--mount", "--"];

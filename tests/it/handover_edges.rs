@@ -24,25 +24,23 @@ fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
 }
 
 /// The state record a handover of `n` connections, each with `pending` bytes of a line read
-/// and not yet ended, writes (the format of `StateRecord::encode`).
+/// and not yet ended, writes (the format of `StateRecord::encode`; a missing `Option` is `None`).
 fn record(n: u64, pending: usize) -> Vec<u8> {
-    let mut json = String::from("{\"next_connection\":");
-    json.push_str(&(n + 1).to_string());
-    json.push_str(",\"connections\":[");
+    let mut out = b"app fd-store state v1\n".to_vec();
+    write!(out, "{{\"next_connection\":{},\"connections\":[", n + 1).unwrap();
     for id in 1..=n {
         if id > 1 {
-            json.push(',');
+            out.push(b',');
         }
-        json.push_str(&format!(
-            "{{\"id\":{id},\"socket\":null,\"framer\":{{\"continuing\":false,\"frame_left\":null,\
-             \"header_stash\":false,\"record\":false,\"after_record\":false,\
-             \"syslog_client\":false}},\"pending\":{pending},\"line\":{{\"priority\":6,\
-             \"facility\":null,\"header\":null}},\"attributed\":false,\"fields\":0}}"
-        ));
+        write!(
+            out,
+            "{{\"id\":{id},\"framer\":{{\"continuing\":false,\"header_stash\":false,\
+             \"record\":false,\"after_record\":false,\"syslog_client\":false}},\
+             \"pending\":{pending},\"line\":{{\"priority\":6}},\"attributed\":false,\"fields\":0}}"
+        )
+        .unwrap();
     }
-    json.push_str("]}\n");
-    let mut out = b"app fd-store state v1\n".to_vec();
-    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"]}\n");
     out.resize(out.len() + n as usize * pending, b'z');
     out
 }
@@ -56,9 +54,7 @@ fn record(n: u64, pending: usize) -> Vec<u8> {
 #[test]
 fn picking_up_a_worst_case_state_record_stays_under_memory_max() {
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
     let base = peak_rss_kib(manager.child.as_ref().unwrap().id());
@@ -98,9 +94,7 @@ fn picking_up_a_worst_case_state_record_stays_under_memory_max() {
 #[test]
 fn with_fdstore_0_a_carried_connection_leaves_the_store_and_closes() {
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "[service]\nshutdown_timeout = \"1s\"\n").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("[service]\nshutdown_timeout = \"1s\"\n");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
     let mut client = UnixStream::connect(&manager.socket).unwrap();
@@ -142,16 +136,10 @@ fn handing_over_192_mib_of_partial_lines_stays_under_memory_max() {
     const CLIENTS: usize = 48;
     const LINE: usize = 4 << 20;
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[protocol]\nflush_after = \"0s\"\n[limits]\nmax_line_bytes = {LINE}\n\
+    let config = manager.config(&format!(
+        "[protocol]\nflush_after = \"0s\"\n[limits]\nmax_line_bytes = {LINE}\n\
              rate_limit_burst = 0\n"
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    ));
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
     let pid = manager.child.as_ref().unwrap().id();
@@ -196,9 +184,7 @@ fn handing_over_192_mib_of_partial_lines_stays_under_memory_max() {
 fn restart_with_store_of(max: usize) -> (Vec<String>, Vec<String>, String) {
     let mut manager = FdStoreManager::new();
     manager.set_store_max(max);
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "[protocol]\nflush_after = \"0s\"\n").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("[protocol]\nflush_after = \"0s\"\n");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     let fdstore = max.to_string();
     let env = [("FDSTORE", fdstore.as_str())];
@@ -259,27 +245,6 @@ fn a_store_full_of_connections_keeps_a_slot_for_the_state_record() {
     );
 }
 
-/// A state record as `StateRecord::encode` writes it, for `n` connections with nothing
-/// pending, in minimal JSON (missing `Option`s are `None`).
-fn many_connections_record(n: u64) -> Vec<u8> {
-    let mut out = b"app fd-store state v1\n".to_vec();
-    out.extend_from_slice(b"{\"next_connection\":1,\"connections\":[");
-    for id in 1..=n {
-        if id > 1 {
-            out.push(b',');
-        }
-        write!(
-            out,
-            "{{\"id\":{id},\"framer\":{{\"continuing\":false,\"header_stash\":false,\
-             \"record\":false,\"after_record\":false,\"syslog_client\":false}},\"pending\":0,\
-             \"line\":{{\"priority\":6}},\"attributed\":false,\"fields\":0}}"
-        )
-        .unwrap();
-    }
-    out.extend_from_slice(b"]}\n");
-    out
-}
-
 /// Every size in a state record is checked before anything is allocated, and the JSON part is
 /// bounded too (16 MiB, 65,536 connections): a damaged record naming 700,000 connections (~120
 /// MiB) is refused before it is parsed, so the next instance stays far from MemoryMax=512M.
@@ -287,14 +252,12 @@ fn many_connections_record(n: u64) -> Vec<u8> {
 #[test]
 fn a_record_naming_too_many_connections_is_refused_before_it_is_parsed() {
     let mut manager = FdStoreManager::new();
-    let config = manager.dir().join("app.toml");
-    std::fs::write(&config, "").unwrap();
-    let config = config.display().to_string();
+    let config = manager.config("");
     let argv = ["--config", &config, "serve", "--sink", "stdout"];
     manager.start(APP, &argv, &[]);
     let base = peak_rss_kib(manager.child.as_ref().unwrap().id());
     assert!(manager.stop().success());
-    let data = many_connections_record(700_000);
+    let data = record(700_000, 0);
     let record_mib = data.len() as u64 >> 20;
     manager.inject("app-state", sealed(&data), true);
     drop(data);
