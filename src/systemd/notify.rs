@@ -3,12 +3,13 @@
 //! Written against the protocol rather than through `sd_notify::notify`, because that function
 //! rejects an abstract-namespace `NOTIFY_SOCKET` (`@name`), which systemd may hand out, and
 //! opens a socket per call: out of descriptors, `WATCHDOG=1` would fail. Here the socket is
-//! opened once, at start, and every notification is a `sendto` on it.
+//! opened once, at start, and every notification is a `sendmsg` on it (with the fds of
+//! `FDSTORE=1`, when there are some).
 
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 /// Sends state changes to the service manager; a no-op when `NOTIFY_SOCKET` was unset.
@@ -22,9 +23,7 @@ pub struct Notifier {
 struct Target {
     path: OsString,
     /// An error if it could not be opened at start (then every send says why).
-    socket: io::Result<(UnixDatagram, SocketAddr)>,
-    /// The same address for `sendmsg` (fds go with `SCM_RIGHTS`, which `sendto` cannot carry).
-    raw: Option<rustix::net::SocketAddrUnix>,
+    socket: io::Result<(UnixDatagram, rustix::net::SocketAddrUnix)>,
 }
 
 impl Target {
@@ -32,20 +31,12 @@ impl Target {
         let socket = (|| {
             let bytes = path.as_bytes();
             let addr = match bytes.strip_prefix(b"@") {
-                Some(name) => {
-                    use std::os::linux::net::SocketAddrExt;
-                    SocketAddr::from_abstract_name(name)?
-                }
-                None => SocketAddr::from_pathname(std::path::Path::new(&path))?,
+                Some(name) => rustix::net::SocketAddrUnix::new_abstract_name(name)?,
+                None => rustix::net::SocketAddrUnix::new(bytes)?,
             };
             Ok((UnixDatagram::unbound()?, addr))
         })();
-        let bytes = path.as_bytes();
-        let raw = match bytes.strip_prefix(b"@") {
-            Some(name) => rustix::net::SocketAddrUnix::new_abstract_name(name).ok(),
-            None => rustix::net::SocketAddrUnix::new(bytes).ok(),
-        };
-        Target { path, socket, raw }
+        Target { path, socket }
     }
 }
 
@@ -157,16 +148,7 @@ impl Notifier {
 
     /// Sends `state` as given: callers put untrusted text through [`one_line`] first.
     pub fn send(&self, state: &str) -> io::Result<()> {
-        let Some(target) = &self.target else {
-            return Ok(());
-        };
-        match &target.socket {
-            Ok((socket, addr)) => socket.send_to_addr(state.as_bytes(), addr).map(drop),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", target.path.to_string_lossy()),
-            )),
-        }
+        self.send_with_fds(state, &[], true)
     }
 
     /// Sends `state` with `fds` attached (`SCM_RIGHTS`), as sd_pid_notify_with_fds(3) does:
@@ -183,21 +165,9 @@ impl Notifier {
         let Some(target) = &self.target else {
             return Ok(());
         };
-        let (socket, addr) = match (&target.socket, &target.raw) {
-            (Ok((socket, _)), Some(addr)) => (socket, addr),
-            (Err(e), _) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("{}: {e}", target.path.to_string_lossy()),
-                ));
-            }
-            (Ok(_), None) => {
-                return Err(io::Error::other(format!(
-                    "{}: not a socket address",
-                    target.path.to_string_lossy()
-                )));
-            }
-        };
+        let (socket, addr) = target.socket.as_ref().map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", target.path.to_string_lossy()))
+        })?;
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -237,6 +207,7 @@ pub unsafe fn take_watchdog() -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::SocketAddr;
 
     #[test]
     fn sends_to_a_path_socket() {
