@@ -71,16 +71,20 @@ pub struct Resume {
 }
 
 impl StateRecord {
-    /// JSON, a newline, then every connection's pending bytes and fields one after the
-    /// other: binary stays compact.
-    pub fn encode(&self, data: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let mut out = serde_json::to_vec(self).expect("a state record serialises");
-        out.push(b'\n');
+    /// Writes the record to `w`: JSON, a newline, then every connection's pending bytes and
+    /// fields one after the other (binary stays compact). Each pair is dropped once written.
+    pub fn write_to(
+        &self,
+        w: &mut impl std::io::Write,
+        data: impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>,
+    ) -> std::io::Result<()> {
+        w.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        w.write_all(b"\n")?;
         for (pending, fields) in data {
-            out.extend_from_slice(pending);
-            out.extend_from_slice(fields);
+            w.write_all(pending.as_ref())?;
+            w.write_all(fields.as_ref())?;
         }
-        out
+        Ok(())
     }
 
     /// The record and each connection's pending bytes, by `CLIENT_CONNECTION`, read piece by
@@ -369,14 +373,13 @@ impl Store {
         // the worst case (every connection holding a line of limits.max_line_bytes) is never in
         // memory twice.
         let fd = fdstore::sealed_record_with(|w| {
-            use std::io::Write;
-            w.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
-            w.write_all(b"\n")?;
-            for (_, resume, _) in handed.iter_mut() {
-                w.write_all(&std::mem::take(&mut resume.pending))?;
-                w.write_all(&std::mem::take(&mut resume.fields))?;
-            }
-            Ok(())
+            let data = handed.iter_mut().map(|(_, resume, _)| {
+                (
+                    std::mem::take(&mut resume.pending),
+                    std::mem::take(&mut resume.fields),
+                )
+            });
+            record.write_to(w, data)
         })?;
         self.fdstore.store(fdstore::STATE_NAME, fd.as_fd(), true)?;
         drop(fd);
@@ -417,7 +420,9 @@ mod tests {
             next_connection: 9,
             connections: vec![conn(3, 2), conn(7, 0), conn(8, 3)],
         };
-        let data = record.encode(&[(b"ab", b"1"), (b"", b"2"), (b"\n\x00z", b"3")]);
+        let mut data = Vec::new();
+        let parts: [(&[u8], &[u8]); 3] = [(b"ab", b"1"), (b"", b"2"), (b"\n\x00z", b"3")];
+        record.write_to(&mut data, parts).unwrap();
         let (back, by_id) = StateRecord::decode(&data[..]).unwrap();
         assert_eq!(back, record);
         assert_eq!(by_id[&3].pending, b"ab");

@@ -24,7 +24,7 @@ fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
 }
 
 /// The state record a handover of `n` connections, each with `pending` bytes of a line read
-/// and not yet ended, writes (the format of `StateRecord::encode`; a missing `Option` is `None`).
+/// and not yet ended, writes (the format of `StateRecord::write_to`; a missing `Option` is `None`).
 fn record(n: u64, pending: usize) -> Vec<u8> {
     let mut out = b"app fd-store state v1\n".to_vec();
     write!(out, "{{\"next_connection\":{},\"connections\":[", n + 1).unwrap();
