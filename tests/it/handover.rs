@@ -272,14 +272,18 @@ fn restarts_hand_every_connection_over_and_lose_no_line() {
     assert_eq!(manager.stored_names(), vec!["app-state".to_owned()]);
 }
 
-/// A sealed memfd with `data`, as a state record would be.
-fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
+/// A sealed memfd with `data`, as a state record would be (the magic is the caller's).
+pub(crate) fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
     use rustix::fs::{MemfdFlags, SealFlags};
     let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
-    rustix::io::write(&fd, data).unwrap();
-    rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW)
-        .unwrap();
-    fd
+    let file = std::fs::File::from(fd);
+    (&file).write_all(data).unwrap();
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW,
+    )
+    .unwrap();
+    file.into()
 }
 
 /// Issue 18.3: a corrupt or foreign state record is logged and ignored, the connections are

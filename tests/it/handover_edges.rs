@@ -7,21 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::fdstore_harness::FdStoreManager;
+use crate::handover::sealed;
 use crate::support::{APP, peak_rss_kib};
-
-/// A sealed memfd as `sealed_record` writes it (magic, then the body).
-fn sealed(data: &[u8]) -> std::os::fd::OwnedFd {
-    use rustix::fs::{MemfdFlags, SealFlags};
-    let fd = rustix::fs::memfd_create("x", MemfdFlags::ALLOW_SEALING).unwrap();
-    let file = std::fs::File::from(fd);
-    (&file).write_all(data).unwrap();
-    rustix::fs::fcntl_add_seals(
-        &file,
-        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW,
-    )
-    .unwrap();
-    file.into()
-}
 
 /// The state record a handover of `n` connections, each with `pending` bytes of a line read
 /// and not yet ended, writes (the format of `StateRecord::write_to`; a missing `Option` is `None`).
