@@ -187,11 +187,7 @@ impl Encoder {
     /// [`crate::peer`]) to every journal entry; the stdout line stays as it is.
     pub fn add_fields<'f>(&mut self, fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>) {
         if self.target == Target::Journal {
-            let mut encoded = Vec::new();
-            for (name, value) in fields {
-                push_field(&mut encoded, name, value);
-            }
-            self.append(&encoded);
+            self.add_shared(encode_fields(fields));
         }
     }
 
@@ -267,7 +263,9 @@ impl Encoder {
                     push_field(out, b"LINE_BREAK", why.as_bytes());
                 }
                 out.extend_from_slice(&self.client);
-                out.extend_from_slice(self.added_fields());
+                if let Some(added) = &self.added {
+                    out.extend_from_slice(added);
+                }
             }
             Target::Stdout => {
                 let now = humantime::format_rfc3339_millis(SystemTime::now());
